@@ -1,0 +1,5 @@
+import sys
+
+from metamock.cli import main
+
+sys.exit(main())
