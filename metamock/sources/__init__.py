@@ -1,0 +1,1 @@
+"""Where the facts come from: the ECS endpoints (`ecs`) or an embedded sample task (`local`)."""
