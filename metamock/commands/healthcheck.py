@@ -1,0 +1,47 @@
+"""`metamock healthcheck`: exit 0 when the local server answers a token PUT and a GET with it.
+
+Made for an ECS container `healthCheck`: standard library only, so it starts fast in any image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+
+DEFAULT_PORT = 1338
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, help="server port (default METAMOCK_PORT or 1338)")
+    parser.add_argument("--host", default="127.0.0.1", help="server address (default 127.0.0.1)")
+    parser.add_argument("--timeout", type=float, default=2.0, help="seconds per request (default 2)")
+
+
+def check(host: str, port: int, timeout: float) -> str | None:
+    """None when healthy, else what went wrong (never a token)."""
+    try:
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        conn.request("PUT", "/latest/api/token", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
+        resp = conn.getresponse()
+        token = resp.read().decode("ascii", "replace")
+        if resp.status != 200 or not token:
+            return f"token PUT answered {resp.status}"
+        conn.request("GET", "/latest/meta-data/instance-id", headers={"X-aws-ec2-metadata-token": token})
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status != 200 or not body.startswith(b"i-"):
+            return f"instance-id GET answered {resp.status}"
+        conn.close()
+    except (OSError, http.client.HTTPException) as exc:
+        return f"no answer from {host}:{port}: {exc}"
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    port = args.port or int(os.environ.get("METAMOCK_PORT") or DEFAULT_PORT)
+    problem = check(args.host, port, args.timeout)
+    if problem:
+        print(f"metamock healthcheck: unhealthy: {problem}")
+        return 1
+    return 0

@@ -1,0 +1,1 @@
+"""The IMDS face: tokens, the metadata tree, and the HTTP server."""

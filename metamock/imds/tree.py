@@ -1,0 +1,107 @@
+"""The metadata tree: one immutable value answering both lookups and listings.
+
+Built once from a nested mapping (dict = directory, str = text, bytes = octet-stream, `Leaf` = explicit),
+flattened into path -> Node with the response bytes pre-rendered. A listing is rendered from the same
+children that resolve, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+TEXT = "text/plain"
+OCTETS = "application/octet-stream"
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """An explicit leaf: a body (or a function computing it once, lazily) and its content type."""
+
+    body: bytes | Callable[[], bytes]
+    content_type: str = TEXT
+    expires: float | None = None  # epoch seconds after which the leaf must not be served
+
+
+@dataclass
+class Node:
+    content_type: str
+    is_dir: bool
+    expires: float | None = None
+    _body: bytes | None = None
+    _render: Callable[[], bytes] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def body(self) -> bytes:
+        if self._body is None:
+            assert self._render is not None
+            with self._lock:
+                if self._body is None:
+                    self._body = self._render()
+        return self._body
+
+
+class Tree:
+    """Immutable once built; `get("meta-data/instance-id")` answers a path without version or slashes."""
+
+    __slots__ = ("_nodes", "built_at")
+
+    def __init__(self, nodes: dict[str, Node], built_at: float = 0.0) -> None:
+        self._nodes = nodes
+        self.built_at = built_at
+
+    @classmethod
+    def build(cls, root: Mapping[str, Any], built_at: float = 0.0) -> Tree:
+        nodes: dict[str, Node] = {}
+        _flatten(root, "", nodes)
+        return cls(nodes, built_at)
+
+    def get(self, path: str) -> Node | None:
+        return self._nodes.get(path)
+
+    def paths(self) -> list[str]:
+        return sorted(self._nodes)
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+
+def _flatten(directory: Mapping[str, Any], prefix: str, nodes: dict[str, Node]) -> bool:
+    """Add `directory` and everything below; return False when it ends up empty (then it is absent)."""
+    entries: list[str] = []
+    for name in sorted(directory):
+        value = directory[name]
+        if not name or "/" in name:
+            raise ValueError(f"bad tree key {name!r} under {prefix!r}")
+        path = f"{prefix}/{name}" if prefix else name
+        if isinstance(value, Mapping):
+            if _flatten(value, path, nodes):
+                entries.append(name + "/")
+        elif value is None:
+            continue
+        else:
+            nodes[path] = _leaf_node(value)
+            entries.append(name)
+    if not entries and prefix:
+        return False
+    nodes[prefix] = Node(TEXT, True, _body="\n".join(entries).encode())
+    return True
+
+
+def _leaf_node(value: Any) -> Node:
+    if isinstance(value, Leaf):
+        if callable(value.body):
+            return Node(value.content_type, False, value.expires, _render=value.body)
+        return Node(value.content_type, False, value.expires, _body=value.body)
+    if isinstance(value, bytes):
+        return Node(OCTETS, False, _body=value)
+    if isinstance(value, str):
+        return Node(TEXT, False, _body=value.encode())
+    if isinstance(value, bool):
+        return Node(TEXT, False, _body=str(value).lower().encode())
+    if isinstance(value, int | float):
+        return Node(TEXT, False, _body=str(value).encode())
+    raise TypeError(f"cannot serve a {type(value).__name__}")

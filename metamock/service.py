@@ -1,0 +1,263 @@
+"""The running service: a source, the current tree, the HTTP listeners, and their life cycle.
+
+The tree is rebuilt from (facts, credentials, config, scenario documents) whenever one of them
+changes, and swapped in one assignment; requests in flight keep the tree they started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from metamock.clock import Clock, SystemClock, iso_z
+from metamock.errors import MetamockError, SettingsError, UpstreamError
+from metamock.imds.server import ImdsHandler, make_server
+from metamock.imds.signing import IdentitySigner
+from metamock.imds.tokens import TokenSigner
+from metamock.imds.tree import Tree
+from metamock.settings import ConfigFile, Settings
+from metamock.sources.base import MetadataSource
+from metamock.translate import build_tree
+
+log = logging.getLogger(__name__)
+
+
+def make_source(settings: Settings, clock: Clock) -> MetadataSource:
+    """The source `settings` asks for; imports only that source's module."""
+    if settings.resolved_source() == "ecs":
+        from metamock.sources.ecs import EcsSource  # noqa: PLC0415
+
+        return EcsSource(settings.environ, clock=clock, role_name=settings.config.role_name)
+    from metamock.sources.local import LocalSource  # noqa: PLC0415
+
+    return LocalSource(
+        task_document=dict(settings.task_metadata) if settings.task_metadata else None,
+        profile=settings.profile,
+        role_arn=settings.role_arn,
+        clock=clock,
+        environ=settings.environ,
+    )
+
+
+class Service:
+    """Create with `await Service.start(settings)`; stop with `await service.stop()`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        source: MetadataSource | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self.source: MetadataSource = source or make_source(settings, self.clock)
+        self.config: ConfigFile = settings.config
+        self.tokens = TokenSigner(self.clock)
+        self.identity_signer = IdentitySigner()
+        # Documents layered over meta-data/ by scenarios and the stop notice: name -> subtree.
+        self.overlays: dict[str, Mapping[str, Any]] = {}
+        self._tree = Tree({})
+        self._runner: web.ServerRunner | None = None
+        self.port = settings.port
+        self.netfilter_backend: str | None = None
+        self._credential_lock = asyncio.Lock()
+        self.on_rebuild: list[Callable[[Tree], None]] = []
+
+    # -- TreeHolder -------------------------------------------------------------------------
+    @property
+    def tree(self) -> Tree:
+        return self._tree
+
+    def now(self) -> float:
+        return self.clock.time()
+
+    async def ensure_credentials(self, timeout: float) -> bool:
+        before = self._tree
+        creds = await self.source.credentials_within(timeout)
+        if creds is None:
+            return False
+        if self._tree is before:
+            self.rebuild()
+        return True
+
+    # -- life cycle -------------------------------------------------------------------------
+    @classmethod
+    async def start(
+        cls, settings: Settings, *, clock: Clock | None = None, source: MetadataSource | None = None
+    ) -> Service:
+        service = cls(settings, clock=clock, source=source)
+        await service._start()
+        return service
+
+    async def _start(self) -> None:
+        self.source.on_change = self.rebuild
+        await self.source.start()
+        self.rebuild()
+        handler = ImdsHandler(
+            self,
+            self.tokens,
+            tokens_required=self.settings.tokens == "required",
+            hop_limit=self.settings.hop_limit,
+            extra_hosts=frozenset(_bracket(h) for h in self.settings.hosts),
+        )
+        self._runner = web.ServerRunner(make_server(handler), handle_signals=False)
+        await self._runner.setup()
+        try:
+            await self._listen()
+            if self.settings.netfilter:
+                from metamock import netfilter  # noqa: PLC0415
+
+                self.netfilter_backend = netfilter.apply(self.port)
+                log.info("netfilter redirect applied (%s backend)", self.netfilter_backend)
+        except BaseException:
+            await self._runner.cleanup()
+            await self.source.close()
+            raise
+
+    async def _listen(self) -> None:
+        assert self._runner is not None
+        explicit = self.settings.hosts != ("127.0.0.1", "::1")
+        bound = 0
+        for host in self.settings.hosts:
+            site = web.TCPSite(self._runner, host, self.port, reuse_address=True)
+            try:
+                await site.start()
+            except OSError as exc:
+                if explicit or host != "::1":
+                    raise SettingsError(
+                        "--host", f"cannot listen on {host}:{self.port}: {exc.strerror}"
+                    ) from exc
+                log.warning("not listening on [::1]:%d (%s); IPv4 only", self.port, exc.strerror)
+                continue
+            bound += 1
+            if self.port == 0:
+                server = site._server
+                assert server is not None
+                self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        if not bound:
+            raise SettingsError("--host", "no address could be listened on")
+
+    def rebuild(self) -> None:
+        """Rebuild the tree from the current inputs and swap it in."""
+        extra: dict[str, Any] = {}
+        for overlay in self.overlays.values():
+            extra.update(overlay)
+        self._tree = Tree.build(
+            build_tree(
+                self.source.facts(),
+                self.source.credentials(),
+                self.config,
+                extra_meta=extra,
+                signer=self.identity_signer,
+            ),
+            built_at=self.clock.time(),
+        )
+        for callback in self.on_rebuild:
+            callback(self._tree)
+
+    def set_overlay(self, name: str, documents: Mapping[str, Any] | None) -> None:
+        """Add, replace or (with None) remove a named layer of meta-data documents."""
+        if documents is None:
+            self.overlays.pop(name, None)
+        else:
+            self.overlays[name] = documents
+        self.rebuild()
+
+    def reload_config(self) -> bool:
+        """Re-read the config file; keep the old one (and say why) when the new one is bad."""
+        path = self.settings.config_path
+        if path is None:
+            return False
+        try:
+            config = ConfigFile.read(path)
+            previous, self.config = self.config, config
+            try:
+                self.rebuild()
+            except (ValueError, TypeError) as exc:
+                self.config = previous
+                raise SettingsError("--config", str(exc)) from exc
+        except SettingsError as exc:
+            log.error("config reload rejected, keeping the previous one: %s", exc)
+            return False
+        log.info("config reloaded from %s", path)
+        return True
+
+    async def publish_stop_notice(self) -> None:
+        seconds = self.settings.stop_notice
+        if seconds <= 0:
+            return
+        notice_time = iso_z(self.clock.time() + seconds)
+        self.set_overlay(
+            "stop-notice",
+            {
+                "spot": {
+                    "instance-action": f'{{"action":"terminate","time":"{notice_time}"}}',
+                    "termination-time": notice_time,
+                },
+                "autoscaling": {"target-lifecycle-state": "Terminated"},
+            },
+        )
+        log.info("stop notice published; serving for %gs before shutting down", seconds)
+        await asyncio.sleep(seconds)
+
+    async def stop(self, stop_notice: bool = True) -> None:
+        """Publish the stop notice (if asked and configured), stop listening, undo what we set up."""
+        if stop_notice:
+            await self.publish_stop_notice()
+        try:
+            if self.netfilter_backend is not None:
+                from metamock import netfilter  # noqa: PLC0415
+
+                netfilter.remove()
+                self.netfilter_backend = None
+        finally:
+            if self._runner is not None:
+                await self._runner.cleanup()
+                self._runner = None
+            await self.source.close()
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def serve_until_signal(settings: Settings, on_ready: Callable[[Service], None] | None = None) -> int:
+    """Run until SIGTERM/SIGINT (exit 0 after a graceful stop); SIGHUP reloads the config."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    try:
+        service = await Service.start(settings)
+    except (UpstreamError, SettingsError):
+        raise
+    except OSError as exc:
+        raise MetamockError(f"cannot start: {exc}") from exc
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, service.reload_config)
+    if on_ready is not None:
+        on_ready(service)
+    try:
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+        # A second SIGTERM/SIGINT during the notice skips the rest of it.
+        notice = asyncio.ensure_future(service.publish_stop_notice())
+        second = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, second.set)
+        waiter = asyncio.ensure_future(second.wait())
+        await asyncio.wait({notice, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        notice.cancel()
+        waiter.cancel()
+        await service.stop(stop_notice=False)
+    return 0
