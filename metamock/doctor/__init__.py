@@ -1,0 +1,1 @@
+"""`metamock doctor`: one module per group of checks, a runner, and the report."""

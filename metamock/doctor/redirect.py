@@ -1,0 +1,156 @@
+"""How EC2 clients reach the server: netfilter redirect + route, or the endpoint variable."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from metamock.doctor.context import DoctorContext
+from metamock.doctor.procfs import CAP_NET_ADMIN, cap_eff, has_cap, read_environ
+from metamock.doctor.report import Check, failed, passed, skipped, warned
+
+NAMES = ("redirect", "route", "endpoint-env")
+IMDS_V4 = "169.254.169.254"
+ENDPOINT_VAR = "AWS_EC2_METADATA_SERVICE_ENDPOINT"
+_PORT_PATTERNS = (
+    re.compile(r"redirect to :(\d+)"),
+    re.compile(r"dnat (?:ip )?to 127\.0\.0\.1:(\d+)"),
+    re.compile(r"--to-ports (\d+)"),
+    re.compile(r"--to-destination 127\.0\.0\.1:(\d+)"),
+)
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What redirect rules are in place: the backend holding them and the ports they point at."""
+
+    backend: str | None
+    ports: frozenset[int] = frozenset()
+
+
+async def run_command(argv: list[str], timeout: float) -> tuple[int, str]:
+    """(exit code, stdout+stderr). A missing binary is exit 127; a hang is killed, exit 124."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+    except FileNotFoundError:
+        return 127, f"{argv[0]}: not installed"
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        return 124, f"{argv[0]}: no answer within {timeout:g} s"
+    return proc.returncode or 0, out.decode("utf-8", "replace")
+
+
+def ports_in(text: str) -> frozenset[int]:
+    return frozenset(int(m) for pattern in _PORT_PATTERNS for m in pattern.findall(text))
+
+
+async def read_rules(ctx: DoctorContext) -> Rules:
+    """Rules in metamock's own nft table or iptables chain.
+
+    metamock.netfilter will offer a status(); until then this reads the rules directly.
+    """
+    timeout = ctx.timeouts.command
+    rc, text = await run_command(["nft", "list", "table", "inet", "metamock"], timeout)
+    if rc == 0 and ports_in(text):
+        return Rules("nft", ports_in(text))
+    rc, text = await run_command(["iptables", "-w", "2", "-t", "nat", "-S", "METAMOCK"], timeout)
+    if rc == 0 and ports_in(text):
+        rc_out, output_chain = await run_command(
+            ["iptables", "-w", "2", "-t", "nat", "-S", "OUTPUT"], timeout
+        )
+        if rc_out == 0 and "-j METAMOCK" in output_chain:
+            return Rules("iptables", ports_in(text))
+    return Rules(None)
+
+
+def check_rules(ctx: DoctorContext, rules: Rules) -> Check:
+    if rules.backend is None:
+        return warned(
+            "redirect",
+            f"no redirect rules for {IMDS_V4}:80 (nft table inet metamock / iptables chain METAMOCK)",
+            "clients with the address built in (ec2-metadata, curl scripts) miss the server: run "
+            f"`metamock netfilter apply --port {ctx.port}` (or `metamock serve --netfilter`)",
+        )
+    shown = ", ".join(f":{p}" for p in sorted(rules.ports))
+    if rules.ports != {ctx.port}:
+        return failed(
+            "redirect",
+            f"{rules.backend} rules send {IMDS_V4}:80 to {shown}, the server is on :{ctx.port}",
+            f"`metamock netfilter remove` then `metamock netfilter apply --port {ctx.port}`",
+        )
+    return passed("redirect", f"{rules.backend} rules send {IMDS_V4}:80 to {shown}")
+
+
+async def check_route(ctx: DoctorContext) -> Check:
+    rc, text = await run_command(["ip", "-o", "route", "get", IMDS_V4], ctx.timeouts.command)
+    fix = f"`ip route add {IMDS_V4}/32 dev lo src 127.0.0.1` (`metamock netfilter apply` adds it)"
+    if rc != 0:
+        return failed("route", f"no route to {IMDS_V4}: {text.strip()}", fix)
+    line = " ".join(text.split()).replace(" \\", "")
+    dev = re.search(r"\bdev (\S+)", line)
+    src = re.search(r"\bsrc (\S+)", line)
+    seen = f"{IMDS_V4} via dev {dev.group(1) if dev else '?'} src {src.group(1) if src else '(none)'}"
+    if dev and dev.group(1) == "lo" and not src:
+        return failed("route", seen + ": replies would never arrive", fix)
+    return passed("route", seen)
+
+
+def _endpoint_ok(value: str, port: int) -> bool:
+    parts = urlsplit(value)
+    try:
+        value_port = parts.port or 80
+    except ValueError:
+        return False
+    return parts.hostname in {"127.0.0.1", "localhost", "::1"} and value_port == port
+
+
+def check_endpoint_env(ctx: DoctorContext, redirect_ok: bool) -> Check:
+    name = "endpoint-env"
+    want = f"http://127.0.0.1:{ctx.port}/"
+    here = ctx.environ.get(ENDPOINT_VAR)
+    try:
+        pid1: str | None = read_environ(ctx.proc_root, 1).get(ENDPOINT_VAR) or "unset"
+    except OSError:
+        pid1 = None
+    where = f"this process: {here or 'unset'}; PID 1: {pid1 or 'unreadable'}"
+    if here and not _endpoint_ok(here, ctx.port):
+        return failed(name, f"{ENDPOINT_VAR} points elsewhere ({where})", f"set {ENDPOINT_VAR}={want}")
+    if here:
+        return passed(name, where)
+    if redirect_ok:
+        return passed(name, f"{ENDPOINT_VAR} unset, the redirect carries {IMDS_V4} traffic ({where})")
+    return failed(
+        name,
+        f"{ENDPOINT_VAR} unset and no working redirect: EC2 clients here cannot find the server ({where})",
+        f"set {ENDPOINT_VAR}={want} in the app container's environment (the only way on Fargate), "
+        "or grant NET_ADMIN and run `metamock netfilter apply`",
+    )
+
+
+async def checks(ctx: DoctorContext, out: list[Check]) -> None:
+    if not has_cap(cap_eff(ctx.proc_root), CAP_NET_ADMIN):
+        why = "no CAP_NET_ADMIN: rules can be neither read nor applied here (normal on Fargate)"
+        out.append(skipped("redirect", why))
+        out.append(skipped("route", why))
+        out.append(check_endpoint_env(ctx, redirect_ok=False))
+        return
+    rules = await read_rules(ctx)
+    rule_check = check_rules(ctx, rules)
+    out.append(rule_check)
+    if rules.backend is None:
+        out.append(skipped("route", "no redirect rules"))
+        out.append(check_endpoint_env(ctx, redirect_ok=False))
+        return
+    route_check = await check_route(ctx)
+    out.append(route_check)
+    redirect_ok = rule_check.status.value == "pass" and route_check.status.value == "pass"
+    out.append(check_endpoint_env(ctx, redirect_ok))

@@ -1,0 +1,112 @@
+"""Do the credentials work? STS GetCallerIdentity through boto3, off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from metamock.doctor.context import CheckFailed, DoctorContext
+from metamock.doctor.credentials import endpoint_of, fetch_container_credentials
+from metamock.doctor.report import Check, failed, passed, skipped
+from metamock.doctor.server import server_credentials
+from metamock.sources.base import Credentials
+
+NAMES = ("sts",)
+T = TypeVar("T")
+
+_CLOCK_CODES = {"SignatureDoesNotMatch", "RequestTimeTooSkewed", "InvalidSignatureException"}
+_REJECTED_CODES = {"ExpiredToken", "InvalidClientTokenId", "AccessDenied", "UnrecognizedClientException"}
+
+
+async def in_daemon_thread(fn: Callable[[], T]) -> T:
+    """Run blocking `fn` in a daemon thread: a hung call can be abandoned without delaying exit
+    (asyncio.to_thread's executor is joined when asyncio.run ends)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def work() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:  # handed to the awaiting coroutine
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=work, name="doctor-sts", daemon=True).start()
+    return await future
+
+
+def _caller_identity(ctx: DoctorContext, creds: Credentials) -> dict[str, Any]:
+    import botocore.session  # noqa: PLC0415 - heavy, and only this check needs it
+    from botocore.config import Config  # noqa: PLC0415
+
+    env = ctx.environ
+    session = botocore.session.Session()
+    client = session.create_client(
+        "sts",
+        region_name=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+        endpoint_url=env.get("AWS_ENDPOINT_URL_STS") or env.get("AWS_ENDPOINT_URL") or None,
+        aws_access_key_id=creds.access_key_id,
+        aws_secret_access_key=creds.secret_access_key.reveal(),
+        aws_session_token=creds.token.reveal(),
+        config=Config(
+            connect_timeout=ctx.timeouts.sts,
+            read_timeout=ctx.timeouts.sts,
+            retries={"max_attempts": 1, "mode": "standard"},
+        ),
+    )
+    result: dict[str, Any] = client.get_caller_identity()
+    return result
+
+
+def _judge_error(exc: BaseException, source: str) -> Check:
+    code = ""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = str(response.get("Error", {}).get("Code", ""))
+    if code in _CLOCK_CODES:
+        fix = "the signature was refused: check the clock (see clock-drift) and the credentials"
+    elif code in _REJECTED_CODES:
+        fix = f"AWS refused the credentials from {source}: check the task role and that they are current"
+    elif code:
+        fix = "see the error code in the AWS STS documentation"
+    else:
+        fix = (
+            "STS is not reachable: give the task egress to sts.<region>.amazonaws.com (NAT "
+            "gateway or an STS VPC endpoint), or run doctor with --offline"
+        )
+    seen = code or type(exc).__name__
+    return failed("sts", f"GetCallerIdentity with credentials from {source}: {seen}", fix)
+
+
+async def checks(ctx: DoctorContext, out: list[Check]) -> None:
+    if ctx.offline:
+        out.append(skipped("sts", "--offline: AWS not called"))
+        return
+    ep = endpoint_of(ctx.environ)
+    try:
+        if ep is not None:
+            source = "the container endpoint"
+            creds = await fetch_container_credentials(ctx, ep)
+        else:
+            source = "the server"
+            creds = await server_credentials(ctx)
+    except CheckFailed as exc:
+        out.append(skipped("sts", f"no credentials to try ({exc.check.name} failed)"))
+        return
+    try:
+        ident = await in_daemon_thread(lambda: _caller_identity(ctx, creds))
+    except Exception as exc:  # any botocore failure is this check's result
+        out.append(_judge_error(exc, source))
+        return
+    out.append(passed("sts", f"credentials from {source} are {ident.get('Arn', '?')}"))
