@@ -1,0 +1,228 @@
+"""HTTP clients for the task metadata endpoint v4 and the container credentials endpoint.
+
+Which credentials endpoint, as botocore decides (metamock follows botocore, not the JS SDK):
+`AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` (on 169.254.170.2) wins over
+`AWS_CONTAINER_CREDENTIALS_FULL_URI`, and `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE` (re-read on every
+fetch, since Kubernetes rotates it) wins over `AWS_CONTAINER_AUTHORIZATION_TOKEN`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from metamock.clock import parse_iso
+from metamock.errors import SettingsError, UpstreamError
+from metamock.secrets import Secret
+from metamock.sources.base import Credentials
+
+CREDENTIALS_HOST = "169.254.170.2"
+# botocore's ContainerMetadataFetcher._ALLOWED_HOSTS; loopback addresses and https are also allowed.
+FULL_URI_HOSTS = frozenset({"169.254.170.2", "169.254.170.23", "fd00:ec2::23", "localhost"})
+REQUIRED_FIELDS = ("AccessKeyId", "SecretAccessKey", "Token", "Expiration")
+_SAFE_CODE = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
+
+V4 = "ECS_CONTAINER_METADATA_URI_V4"
+RELATIVE = "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"
+FULL = "AWS_CONTAINER_CREDENTIALS_FULL_URI"
+TOKEN = "AWS_CONTAINER_AUTHORIZATION_TOKEN"
+TOKEN_FILE = "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"
+
+
+class Throttled(UpstreamError):
+    """The upstream answered 429: slow down."""
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the ECS documents and credentials live, read from the variables ECS injects."""
+
+    metadata_uri: str
+    credentials_url: str | None = None
+    credentials_label: str = "(none)"  # the URL as it may be logged: no credential id, no query
+    token_file: Path | None = None
+    token: Secret | None = None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str], *, credentials_host: str | None = None) -> Endpoints:
+        """Read exactly the ECS variables; a bad or missing one is a SettingsError naming it."""
+        metadata_uri = environ.get(V4, "").strip().rstrip("/")
+        if not metadata_uri:
+            raise SettingsError(V4, "not set (is this an ECS task on platform version >= 1.4?)")
+        parts = urlsplit(metadata_uri)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise SettingsError(V4, f"not an http URL: {_label(metadata_uri)}")
+        token_file = Path(environ[TOKEN_FILE]) if environ.get(TOKEN_FILE) else None
+        token = Secret(environ[TOKEN]) if environ.get(TOKEN) else None
+        relative = environ.get(RELATIVE, "")
+        full = environ.get(FULL, "")
+        if relative:
+            if not relative.startswith("/"):
+                raise SettingsError(RELATIVE, "must be a path starting with '/'")
+            url = f"http://{credentials_host or CREDENTIALS_HOST}{relative}"
+            head, _, _ = url.rpartition("/")
+            # The id in the relative URI lets anyone on the host fetch the role: never log it.
+            return cls(metadata_uri, url, f"{head}/****", token_file, token)
+        if full:
+            _check_full_uri(full)
+            return cls(metadata_uri, full, _label(full), token_file, token)
+        return cls(metadata_uri, None, "(none)", token_file, token)
+
+
+def _check_full_uri(url: str) -> None:
+    """Refuse hosts botocore refuses: only loopback, the ECS/EKS agent addresses, or https."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError as exc:
+        raise SettingsError(FULL, "not a URL") from exc
+    if parts.scheme == "https" and host:
+        return
+    if parts.scheme != "http" or not host:
+        raise SettingsError(FULL, f"not an http(s) URL: {_label(url)}")
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass
+    if host not in FULL_URI_HOSTS:
+        allowed = ", ".join(sorted(FULL_URI_HOSTS))
+        raise SettingsError(FULL, f"host {host!r} is not loopback, https or one of {allowed} (as botocore)")
+
+
+def _label(url: str) -> str:
+    """A URL as it may appear in a log line: no user info, no query, no fragment."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc.rpartition("@")[2]
+    except ValueError:
+        return "(unparsable URL)"
+    return f"{parts.scheme}://{netloc}{parts.path}"
+
+
+def parse_credentials(
+    doc: Mapping[str, Any], *, obtained_at: float, role_name: str | None = None, partition: str = "aws"
+) -> Credentials:
+    """Normalise either answer shape (ECS with RoleArn, EKS Pod Identity with AccountId)."""
+    missing = [name for name in REQUIRED_FIELDS if not isinstance(doc.get(name), str) or not doc[name]]
+    if missing:
+        raise ValueError(f"answer lacks {', '.join(missing)}")
+    try:
+        expiration = parse_iso(doc["Expiration"])
+    except ValueError as exc:
+        raise ValueError(f"unreadable Expiration {doc['Expiration'][:40]!r}") from exc
+    role_arn = doc.get("RoleArn") if isinstance(doc.get("RoleArn"), str) else None
+    account = doc.get("AccountId")
+    if role_arn is None and role_name and isinstance(account, str) and account.isdigit():
+        # Pod Identity names no role; the configured name makes the ARN the IMDS face expects.
+        role_arn = f"arn:{partition}:iam::{account}:role/{role_name}"
+    return Credentials(
+        access_key_id=doc["AccessKeyId"],
+        secret_access_key=Secret(doc["SecretAccessKey"]),
+        token=Secret(doc["Token"]),
+        expiration=expiration,
+        last_updated=obtained_at,
+        role_arn=role_arn,
+    )
+
+
+class EcsClient:
+    """One GET per call, a per-request timeout, every failure an UpstreamError without secrets."""
+
+    def __init__(self, session: aiohttp.ClientSession, endpoints: Endpoints, *, timeout: float = 2.0) -> None:
+        self._session = session
+        self._endpoints = endpoints
+        self._timeout = timeout
+
+    async def task(self) -> dict[str, Any]:
+        """The task document (`${ECS_CONTAINER_METADATA_URI_V4}/task`)."""
+        url = f"{self._endpoints.metadata_uri}/task"
+        return await self._get_json(url, f"ECS task metadata {_label(url)}", {})
+
+    async def container(self) -> dict[str, Any]:
+        """This container's document (`${ECS_CONTAINER_METADATA_URI_V4}`)."""
+        url = self._endpoints.metadata_uri
+        return await self._get_json(url, f"ECS container metadata {_label(url)}", {})
+
+    async def credentials(
+        self, *, obtained_at: float, role_name: str | None = None, partition: str = "aws"
+    ) -> Credentials:
+        """Fetch and normalise role credentials; UpstreamError when not configured or bad."""
+        url = self._endpoints.credentials_url
+        label = f"container credentials {self._endpoints.credentials_label}"
+        if url is None:
+            raise UpstreamError(f"{label}: no {RELATIVE} or {FULL} in the environment")
+        headers = {"Accept": "application/json"}
+        authorization = self._authorization()
+        if authorization is not None:
+            headers["Authorization"] = authorization.reveal()
+        doc = await self._get_json(url, label, headers)
+        try:
+            return parse_credentials(doc, obtained_at=obtained_at, role_name=role_name, partition=partition)
+        except ValueError as exc:
+            raise UpstreamError(f"{label}: {exc}") from None
+
+    def _authorization(self) -> Secret | None:
+        path = self._endpoints.token_file
+        if path is not None:
+            try:
+                # A few bytes on a local file system: not worth a thread hop on the hot path.
+                value = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or type(exc).__name__
+                raise UpstreamError(f"{TOKEN_FILE} {path}: cannot read ({reason})") from None
+            source = f"{TOKEN_FILE} {path}"
+        elif self._endpoints.token is not None:
+            value, source = self._endpoints.token.reveal(), TOKEN
+        else:
+            return None
+        # botocore refuses CR/LF; surrounding whitespace (a file's final newline) is trimmed first.
+        value = value.strip()
+        if not value or "\r" in value or "\n" in value:
+            raise UpstreamError(f"{source}: empty or not a legal header value")
+        return Secret(value)
+
+    async def _get_json(self, url: str, label: str, headers: dict[str, str]) -> dict[str, Any]:
+        timeout = aiohttp.ClientTimeout(total=self._timeout)
+        try:
+            async with self._session.get(
+                url, headers=headers, timeout=timeout, allow_redirects=False
+            ) as response:
+                status = response.status
+                body = await response.read()
+        except TimeoutError:
+            raise UpstreamError(f"{label}: no answer within {self._timeout:g} s") from None
+        except aiohttp.ClientConnectorError as exc:
+            reason = exc.os_error.strerror or type(exc.os_error).__name__
+            raise UpstreamError(f"{label}: cannot connect ({reason})") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            # aiohttp's own messages can carry the full URL: keep only the kind of failure.
+            raise UpstreamError(f"{label}: {type(exc).__name__}") from None
+        if status == 429:
+            raise Throttled(f"{label}: HTTP 429 (throttled)")
+        if status != 200:
+            raise UpstreamError(f"{label}: HTTP {status}{_error_code(body)}")
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            raise UpstreamError(f"{label}: answer is not JSON") from None
+        if not isinstance(doc, dict):
+            raise UpstreamError(f"{label}: answer is not a JSON object")
+        return doc
+
+
+def _error_code(body: bytes) -> str:
+    """The agent's `code` (e.g. CredentialsUninitialized) when it is a plain word, for the log."""
+    try:
+        code = json.loads(body).get("code")
+    except (ValueError, AttributeError):
+        return ""
+    return f" {code}" if isinstance(code, str) and _SAFE_CODE.match(code) else ""
