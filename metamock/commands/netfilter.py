@@ -1,0 +1,90 @@
+"""`metamock netfilter apply|remove|status`: the redirect of 169.254.169.254 to the server."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from metamock.errors import SettingsError
+
+DEFAULT_PORT = 1338
+
+
+def _uid(text: str) -> int:
+    try:
+        uid = int(text)
+    except ValueError:
+        import pwd  # noqa: PLC0415  # a user name is a convenience; most callers pass numbers
+
+        try:
+            return pwd.getpwnam(text).pw_uid
+        except KeyError:
+            raise argparse.ArgumentTypeError(f"no such user or uid: {text!r}") from None
+    if uid < 0:
+        raise argparse.ArgumentTypeError(f"uid must be >= 0: {text!r}")
+    return uid
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"expected 1..65535, got {text!r}")
+    return int(text)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["apply", "remove", "status"])
+    parser.add_argument(
+        "--port", type=_port, default=None, help=f"server port (default $METAMOCK_PORT or {DEFAULT_PORT})"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "nft", "iptables"],
+        default="auto",
+        help="rule backend (auto: nft when usable, else iptables; "
+        "$METAMOCK_IPTABLES picks iptables, iptables-nft or iptables-legacy)",
+    )
+    parser.add_argument(
+        "--ipv6",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also redirect [fd00:ec2::254]:80 (default: on)",
+    )
+    parser.add_argument(
+        "--exclude-uid",
+        type=_uid,
+        action="append",
+        default=[],
+        metavar="UID",
+        help="do not redirect traffic of this user (repeatable)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from metamock import netfilter  # noqa: PLC0415
+
+    environ = dict(os.environ)  # the edge: PATH and METAMOCK_IPTABLES go in as a mapping
+    port = args.port if args.port is not None else _env_port(environ.get("METAMOCK_PORT"))
+    if args.action == "apply":
+        backend = netfilter.apply(port, args.backend, args.ipv6, args.exclude_uid, environ=environ)
+        print(f"netfilter applied with backend {backend}")
+        print(netfilter.status(environ=environ).summary)
+        return 0
+    if args.action == "remove":
+        removed = netfilter.remove(environ=environ)
+        print("netfilter removed" if removed else "netfilter: nothing to remove")
+        return 0
+    st = netfilter.status(environ=environ)
+    print(st.summary)
+    if st.rules:
+        sys.stdout.write(st.rules)
+    return 0 if st.applied else 1
+
+
+def _env_port(value: str | None) -> int:
+    if not value:
+        return DEFAULT_PORT
+    try:
+        return _port(value)
+    except argparse.ArgumentTypeError as exc:
+        raise SettingsError("METAMOCK_PORT", str(exc)) from None
