@@ -6,6 +6,7 @@ URL). Anything that talks to it needs credentials, any will do: moto accepts all
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -63,10 +64,8 @@ def start_moto_server() -> tuple[subprocess.Popen[bytes], str]:
 def stop_moto_server(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.kill()
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 @pytest.fixture(scope="session")

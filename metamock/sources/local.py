@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 
 LOCAL_ROLE_NAME = "metamock-local"
 FAKE_ACCESS_KEY_ID = "ASIAMETAMOCKFAKE0000"
-FAKE_SECRET_ACCESS_KEY = "METAMOCK/FAKE/secret/not/valid/for/AWS/00"  # noqa: S105 (fake)
-FAKE_TOKEN = "METAMOCK-FAKE-SESSION-TOKEN-not-valid-for-AWS-use-profile-or-role-arn"  # noqa: S105
+FAKE_SECRET_ACCESS_KEY = "METAMOCK/FAKE/secret/not/valid/for/AWS/00"
+FAKE_TOKEN = "METAMOCK-FAKE-SESSION-TOKEN-not-valid-for-AWS-use-profile-or-role-arn"
 
 STATIC_LIFETIME = 6 * 3600.0  # synthetic expiration of static keys: IMDS always sends one
 STATIC_ROLL_BELOW = 2 * 3600.0  # re-date before less than this is left, so >= 1 h always
@@ -129,7 +129,7 @@ class LocalSource:
         environ: Mapping[str, str] | None = None,
         endpoint_url: str | None = None,
     ) -> None:
-        task = validate_task(copy.deepcopy(task_document) if task_document else sample_task())
+        task = validate_task(copy.deepcopy(task_document) if task_document is not None else sample_task())
         self._clock = clock or SystemClock()
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
         self._profile = profile
@@ -170,9 +170,11 @@ class LocalSource:
 
     def credentials(self) -> Credentials | None:
         creds = self._creds
-        if creds is None:
-            return None
         now = self._clock.time()
+        if creds is None:
+            if now >= self._next_attempt:
+                self._start_refresh()
+            return None
         if self._static and creds.expiration - now < STATIC_ROLL_BELOW:
             creds = self._creds = replace(creds, expiration=now + STATIC_LIFETIME, last_updated=now)
             self._changed()
@@ -180,7 +182,7 @@ class LocalSource:
             self._start_refresh()
         return creds if creds.expiration > now else None
 
-    async def credentials_within(self, timeout: float) -> Credentials | None:  # noqa: ASYNC109
+    async def credentials_within(self, timeout: float) -> Credentials | None:
         creds = self.credentials()
         if creds is not None or self._refreshing is None:
             return creds
@@ -216,11 +218,12 @@ class LocalSource:
     async def _refresh(self) -> None:
         try:
             fetched = await self._fetch()
-        except MetamockError as exc:
+        except Exception as exc:  # a background task: anything unexpected must not escape
             now = self._clock.time()
             self._next_attempt = now + self._backoff
             self._backoff = min(self._backoff * 2, RETRY_MAX)
-            log.warning("credential renewal failed, keeping the cached ones: %s", exc)
+            detail = exc if isinstance(exc, MetamockError) else _one_line(exc)
+            log.warning("credential renewal failed, keeping the cached ones: %s", detail)
             return
         self._accept(fetched)
 
@@ -272,8 +275,7 @@ class LocalSource:
             if base is None:
                 raise SettingsError(
                     "--role-arn",
-                    "no AWS credentials to call AssumeRole with "
-                    "(pass --profile NAME or run `aws configure`)",
+                    "no AWS credentials to call AssumeRole with (pass --profile NAME or run `aws configure`)",
                 )
             return await self._assume_role(session, base)
         except ProfileNotFound as exc:
@@ -319,9 +321,7 @@ class LocalSource:
             if sourcer is not None:
                 # `credential_source = EcsContainer | Ec2InstanceMetadata` in a profile would
                 # reach the same two providers; botocore offers no public way to drop them.
-                sourcer._providers = [
-                    p for p in sourcer._providers if p.METHOD not in REMOVED_PROVIDERS
-                ]
+                sourcer._providers = [p for p in sourcer._providers if p.METHOD not in REMOVED_PROVIDERS]
         return resolver
 
     async def _from_chain(self, session: Any) -> _Fetched | None:
@@ -343,7 +343,9 @@ class LocalSource:
         from aiobotocore.config import AioConfig  # noqa: PLC0415
 
         region = self._region or session.get_config_variable("region") or self._task_region
-        config = AioConfig(connect_timeout=5, read_timeout=10, retries={"max_attempts": 3})
+        config = AioConfig(
+            connect_timeout=5, read_timeout=10, retries={"total_max_attempts": 2, "mode": "standard"}
+        )
         async with session.create_client(
             "sts",
             region_name=region,

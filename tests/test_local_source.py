@@ -1,0 +1,470 @@
+"""The local source: task documents, the pruned AWS chain, AssumeRole against moto_server, fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from metamock.clock import ManualClock, iso_z
+from metamock.errors import SettingsError, UpstreamError
+from metamock.sources import local
+from metamock.sources.base import Credentials
+from metamock.sources.local import LocalSource
+from tests.moto_fixture import moto_server, start_moto_server, stop_moto_server
+
+__all__ = ["moto_server"]  # a fixture, imported to be used by name
+
+GOLDEN = Path(__file__).parent / "golden" / "local"
+ROLE_ARN = "arn:aws:iam::123456789012:role/team/deploy-role"
+BASE_KEY, BASE_SECRET = "AKIAMETAMOCKTESTBASE", "base/secret/from/the/profile/file/0000000"
+
+
+def golden(name: str, actual: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN") == "1":  # set by a human regenerating the files
+        path.write_text(actual)
+    assert actual == path.read_text()
+
+
+@pytest.fixture
+def aws_home(tmp_path: Path) -> dict[str, str]:
+    """An environ whose AWS files are empty tmp files (no credentials anywhere)."""
+    return {
+        "AWS_CONFIG_FILE": str(tmp_path / "config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "credentials"),
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:9/",
+        "USER": "alice",
+    }
+
+
+@pytest.fixture
+def profile_env(aws_home: dict[str, str]) -> dict[str, str]:
+    """An environ whose shared credentials file has static keys in [default] and [dev]."""
+    Path(aws_home["AWS_SHARED_CREDENTIALS_FILE"]).write_text(
+        f"[default]\naws_access_key_id = {BASE_KEY}\naws_secret_access_key = {BASE_SECRET}\n"
+        "[dev]\naws_access_key_id = AKIAMETAMOCKDEVPROF1\naws_secret_access_key = dev/secret\n"
+    )
+    return aws_home
+
+
+@pytest.fixture
+async def source_factory() -> AsyncIterator[Any]:
+    made: list[LocalSource] = []
+
+    def make(**kw: Any) -> LocalSource:
+        made.append(LocalSource(**kw))
+        return made[-1]
+
+    yield make
+    for src in made:
+        await src.close()
+
+
+def secrets_of(creds: Credentials) -> list[str]:
+    return [creds.secret_access_key.reveal(), creds.token.reveal()]
+
+
+# ---- task documents ------------------------------------------------------------------------
+
+
+def test_embedded_sample_task_and_first_container() -> None:
+    facts = LocalSource(environ={}).facts()
+    assert facts.task["LaunchType"] == "FARGATE"
+    assert facts.task["TaskARN"].startswith("arn:aws:ecs:us-west-2:111122223333:task/")
+    assert facts.container is facts.task["Containers"][0]
+    assert facts.container["Networks"][0]["MACAddress"] == "02:b7:20:19:72:39"
+
+
+def test_given_task_document_is_used_and_copied(shared_fixtures: Path) -> None:
+    doc = json.loads((shared_fixtures / "fargate-task.json").read_text())
+    src = LocalSource(task_document=doc, environ={})
+    assert src.facts().task == doc
+    doc["TaskARN"] = "changed"
+    assert src.facts().task["TaskARN"] != "changed"
+
+
+BAD_TASKS: list[tuple[str, object]] = [
+    ("list", []),
+    ("empty", {}),
+    ("no-networks", {"TaskARN": "arn:aws:ecs:eu-west-1:123456789012:task/c/1",
+                     "AvailabilityZone": "eu-west-1a", "Containers": [{"Name": "a"}]}),
+    ("empty-containers", {"TaskARN": "arn:aws:ecs:eu-west-1:123456789012:task/c/1",
+                          "AvailabilityZone": "eu-west-1a", "Containers": []}),
+    ("no-az", {"TaskARN": "arn:aws:ecs:eu-west-1:123456789012:task/c/1",
+               "Containers": [{"Networks": [{}]}]}),
+    ("bad-arn", {"TaskARN": "task-1", "AvailabilityZone": "eu-west-1a",
+                 "Containers": [{"Networks": [{}]}]}),
+]  # fmt: skip
+
+
+def test_bad_task_documents_name_what_is_missing() -> None:
+    lines = []
+    for name, doc in BAD_TASKS:
+        with pytest.raises(SettingsError) as info:
+            LocalSource(task_document=doc, environ={})  # type: ignore[arg-type]
+        assert info.value.setting == "--task-metadata"
+        assert info.value.exit_code == 2
+        lines.append(f"{name}: {info.value}\n")
+    golden("task-errors.txt", "".join(lines))
+
+
+def test_bad_role_arn_is_a_settings_error() -> None:
+    with pytest.raises(SettingsError, match=r"^--role-arn: "):
+        LocalSource(role_arn="deploy-role", environ={})
+    assert LocalSource(role_arn=ROLE_ARN, environ={}).role_name == "deploy-role"
+
+
+def test_session_name_is_metamock_user() -> None:
+    assert local.session_name({"USER": "alice"}) == "metamock-alice"
+    assert local.session_name({"LOGNAME": "bob smith"}) == "metamock-bob-smith"
+    assert local.session_name({}) == "metamock-local"
+    assert len(local.session_name({"USER": "x" * 200})) == 64
+
+
+# ---- the AWS chain ---------------------------------------------------------------------------
+
+
+async def test_static_keys_from_profile_file_in_environ(
+    profile_env: dict[str, str], source_factory: Any
+) -> None:
+    clock = ManualClock()
+    src = source_factory(environ=profile_env, clock=clock)
+    await src.start()
+    creds = src.credentials()
+    assert creds is not None
+    assert creds.access_key_id == BASE_KEY
+    assert creds.secret_access_key.reveal() == BASE_SECRET
+    assert creds.role_arn == "arn:aws:iam::111122223333:role/metamock-local"
+    assert src.role_name == "metamock-local"
+    assert creds.expiration - clock.time() >= 3600
+
+
+async def test_named_profile_and_aws_profile_from_environ(
+    profile_env: dict[str, str], source_factory: Any
+) -> None:
+    src = source_factory(environ=profile_env, profile="dev")
+    await src.start()
+    assert src.credentials().access_key_id == "AKIAMETAMOCKDEVPROF1"
+    src = source_factory(environ={**profile_env, "AWS_PROFILE": "dev"})
+    await src.start()
+    assert src.credentials().access_key_id == "AKIAMETAMOCKDEVPROF1"
+
+
+async def test_unknown_profile_is_a_settings_error(profile_env: dict[str, str]) -> None:
+    src = LocalSource(environ=profile_env, profile="nope")
+    with pytest.raises(SettingsError, match=r"^--profile: profile 'nope' not found"):
+        await src.start()
+
+
+async def test_env_var_keys_come_from_environ_not_os_environ(
+    aws_home: dict[str, str], source_factory: Any
+) -> None:
+    env = {**aws_home, "AWS_ACCESS_KEY_ID": "AKIAMETAMOCKENVVARS1", "AWS_SECRET_ACCESS_KEY": "s"}
+    assert "AWS_ACCESS_KEY_ID" not in os.environ
+    src = source_factory(environ=env)
+    await src.start()
+    assert src.credentials().access_key_id == "AKIAMETAMOCKENVVARS1"
+
+
+async def test_static_expiration_rolls_and_stays_an_hour_ahead(
+    profile_env: dict[str, str], source_factory: Any
+) -> None:
+    clock = ManualClock()
+    src = source_factory(environ=profile_env, clock=clock)
+    changes: list[None] = []
+    src.on_change = lambda: changes.append(None)
+    await src.start()
+    for _ in range(40):  # 40 x 25 min: many synthetic lifetimes
+        clock.advance(25 * 60)
+        creds = src.credentials()
+        assert creds is not None
+        assert creds.expiration - clock.time() >= 3600
+        assert creds.access_key_id == BASE_KEY
+    assert len(changes) >= 4
+
+
+async def test_refreshable_chain_credentials_renew_ahead_of_expiry(
+    aws_home: dict[str, str], tmp_path: Path, source_factory: Any
+) -> None:
+    # credential_process is the chain's simplest refreshable provider (as SSO and assume-role
+    # profiles are): a real process printing credentials that expire in 30 minutes.
+    script = tmp_path / "creds.py"
+    script.write_text(
+        "import json, pathlib, time\n"
+        f"p = pathlib.Path({str(tmp_path / 'n')!r})\n"
+        "n = int(p.read_text()) + 1 if p.exists() else 1\n"
+        "p.write_text(str(n))\n"
+        "exp = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(time.time() + 1800))\n"
+        "print(json.dumps({'Version': 1, 'AccessKeyId': f'ASIAMETAMOCKPROC{n:04d}',\n"
+        "  'SecretAccessKey': 'proc-secret', 'SessionToken': 'proc-token', 'Expiration': exp}))\n"
+    )
+    Path(aws_home["AWS_CONFIG_FILE"]).write_text(  # noqa: ASYNC240 (a tiny tmp file)
+        f"[default]\ncredential_process = {sys.executable} {script}\n"
+    )
+    clock = ManualClock(start=time.time())
+    src = source_factory(environ=aws_home, clock=clock)
+    await src.start()
+    first = src.credentials()
+    assert first.access_key_id == "ASIAMETAMOCKPROC0001"
+    assert 1700 < first.expiration - clock.time() <= 1801
+    clock.advance(10 * 60)
+    assert src.credentials() is first  # not due yet: nothing runs
+    clock.advance(6 * 60)  # 14 min left: inside the refresh-ahead window
+    assert src.credentials() is first  # served from cache while the renewal runs
+    second = await wait_for_new_key(src, first)
+    assert second.access_key_id == "ASIAMETAMOCKPROC0002"
+
+
+async def wait_for_new_key(src: LocalSource, old: Credentials) -> Credentials:
+    for _ in range(200):
+        creds = src.credentials()
+        if creds is not None and creds.access_key_id != old.access_key_id:
+            return creds
+        await asyncio.sleep(0.025)
+    raise AssertionError("credentials were not renewed")
+
+
+# ---- no metadata providers in the chain -----------------------------------------------------
+
+
+@pytest.fixture
+async def counting_server(aiohttp_server: Any) -> Any:
+    """A loopback server that counts every request: a stand-in container / IMDS endpoint."""
+    calls: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        calls.append(f"{request.method} {request.path}")
+        exp = iso_z(time.time() + 3600)
+        body = {"AccessKeyId": "ASIACOUNTINGSERVER01", "SecretAccessKey": "x", "Token": "y",
+                "Expiration": exp, "RoleArn": "arn:aws:iam::123456789012:role/host"}  # fmt: skip
+        return web.json_response(body)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    server = await aiohttp_server(app)
+    server.calls = calls
+    return server
+
+
+async def test_container_and_imds_providers_are_removed(
+    aws_home: dict[str, str],
+    counting_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    source_factory: Any,
+) -> None:
+    base = f"http://127.0.0.1:{counting_server.port}"
+    env = {
+        **aws_home,
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI": f"{base}/creds",
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT": f"{base}/",
+    }
+    for name, value in env.items():  # also where botocore's own defaults would look
+        monkeypatch.setenv(name, value)
+
+    # Control: aiobotocore's stock chain does reach that server.
+    from aiobotocore.credentials import create_credential_resolver  # noqa: PLC0415
+    from aiobotocore.session import AioSession  # noqa: PLC0415
+
+    stock = await create_credential_resolver(AioSession()).load_credentials()
+    assert stock is not None
+    assert stock.method == "container-role"
+    assert counting_server.calls
+    counting_server.calls.clear()
+
+    src = source_factory(environ=env)
+    with caplog.at_level(logging.WARNING, logger="metamock"):
+        await src.start()
+    assert src.credentials().access_key_id == local.FAKE_ACCESS_KEY_ID
+    assert counting_server.calls == []
+
+
+async def test_profile_credential_source_cannot_reach_metadata(
+    aws_home: dict[str, str], counting_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = {**aws_home, "AWS_CONTAINER_CREDENTIALS_FULL_URI": f"http://127.0.0.1:{counting_server.port}/c"}
+    monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", env["AWS_CONTAINER_CREDENTIALS_FULL_URI"])
+    Path(aws_home["AWS_CONFIG_FILE"]).write_text(  # noqa: ASYNC240 (a tiny tmp file)
+        f"[default]\nrole_arn = {ROLE_ARN}\ncredential_source = EcsContainer\n"
+    )
+    src = LocalSource(environ=env)
+    with pytest.raises(UpstreamError, match=r"^AWS credential chain: "):
+        await src.start()
+    await src.close()
+    assert counting_server.calls == []
+
+
+# ---- fake credentials --------------------------------------------------------------------------
+
+
+async def test_fake_credentials_and_their_single_warning(
+    aws_home: dict[str, str], caplog: pytest.LogCaptureFixture, source_factory: Any
+) -> None:
+    clock = ManualClock()
+    src = source_factory(environ=aws_home, clock=clock)
+    caplog.set_level(logging.DEBUG)
+    await src.start()
+    creds = src.credentials()
+    golden("fake-credentials.json", json.dumps(imds_view(src, creds), indent=2) + "\n")
+    for _ in range(30):  # rolls and renewals never warn again
+        clock.advance(3600)
+        assert src.credentials().expiration - clock.time() >= 3600
+    src._accept(None)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1
+    text = warnings[0].getMessage()
+    for needle in ("FAKE", "--profile", "--role-arn", "aws configure"):
+        assert needle in text
+
+
+def imds_view(src: LocalSource, creds: Credentials) -> dict[str, str]:
+    return {
+        "RoleName": src.role_name,
+        "RoleArn": str(creds.role_arn),
+        "AccessKeyId": creds.access_key_id,
+        "SecretAccessKey": creds.secret_access_key.reveal(),
+        "Token": creds.token.reveal(),
+        "LastUpdated": iso_z(creds.last_updated),
+        "Expiration": iso_z(creds.expiration),
+    }
+
+
+# ---- AssumeRole against moto_server ---------------------------------------------------------
+
+
+async def test_assume_role_against_moto(
+    moto_server: str, profile_env: dict[str, str], source_factory: Any
+) -> None:
+    clock = ManualClock(start=time.time())
+    src = source_factory(environ=profile_env, role_arn=ROLE_ARN, endpoint_url=moto_server, clock=clock)
+    await src.start()
+    creds = src.credentials()
+    assert creds.access_key_id.startswith("ASIA")
+    assert creds.access_key_id != BASE_KEY
+    assert creds.role_arn == ROLE_ARN
+    assert src.role_name == "deploy-role"
+    assert 3500 < creds.expiration - clock.time() <= 3605
+    assert await src.credentials_within(0.5) is creds
+
+
+async def test_assume_role_renews_once_ahead_of_expiry(
+    moto_server: str,
+    profile_env: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
+    source_factory: Any,
+) -> None:
+    caplog.set_level(logging.INFO, logger="metamock")
+    clock = ManualClock(start=time.time())
+    src = source_factory(environ=profile_env, role_arn=ROLE_ARN, endpoint_url=moto_server, clock=clock)
+    changes: list[None] = []
+    src.on_change = lambda: changes.append(None)
+    await src.start()
+    first = src.credentials()
+    clock.advance(30 * 60)
+    assert src.credentials() is first
+    assert src._refreshing is None
+    clock.advance(15 * 60)  # 15 min left: renew now, in the background, once
+    answers = await asyncio.gather(*(src.credentials_within(0.5) for _ in range(50)))
+    assert all(a is first for a in answers)  # cached ones answer at once
+    second = await wait_for_new_key(src, first)
+    assert second.expiration > first.expiration
+    fetches = [r for r in caplog.records if "credentials via assume-role" in r.getMessage()]
+    assert len(fetches) == 2
+    assert len(changes) == 2
+
+
+async def test_assume_role_without_base_credentials(aws_home: dict[str, str]) -> None:
+    src = LocalSource(environ=aws_home, role_arn=ROLE_ARN, endpoint_url="http://127.0.0.1:9")
+    with pytest.raises(SettingsError, match=r"^--role-arn: no AWS credentials"):
+        await src.start()
+
+
+@pytest.fixture
+def private_moto() -> Iterator[Any]:
+    proc, url = start_moto_server()
+    try:
+        yield proc, url
+    finally:
+        stop_moto_server(proc)
+
+
+async def test_renewal_failure_keeps_cached_until_expiry(
+    private_moto: Any, profile_env: dict[str, str], source_factory: Any
+) -> None:
+    proc, url = private_moto
+    clock = ManualClock(start=time.time())
+    src = source_factory(environ=profile_env, role_arn=ROLE_ARN, endpoint_url=url, clock=clock)
+    await src.start()
+    first = src.credentials()
+    stop_moto_server(proc)  # STS goes away
+    clock.advance(45 * 60)
+    assert src.credentials() is first
+    await asyncio.wait_for(src._refreshing, 30)
+    assert src.credentials() is first  # still served: 15 minutes of life left
+    clock.advance(16 * 60)
+    assert src.credentials() is None  # truly expired now
+    started = time.monotonic()
+    assert await src.credentials_within(0.2) is None
+    assert time.monotonic() - started < 0.5
+
+
+async def test_credentials_within_never_waits_longer_than_timeout(
+    profile_env: dict[str, str], source_factory: Any
+) -> None:
+    connections: list[None] = []
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(None)
+        await reader.read(65536)
+        await asyncio.sleep(30)
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        src = source_factory(environ=profile_env, role_arn=ROLE_ARN, endpoint_url=f"http://127.0.0.1:{port}")
+        started = time.monotonic()
+        answers = await asyncio.gather(*(src.credentials_within(0.3) for _ in range(100)))
+        elapsed = time.monotonic() - started
+        assert answers == [None] * 100
+        assert elapsed < 0.8
+        assert len(connections) <= 1  # one shared fetch, however many wait
+        await src.close()
+    finally:
+        server.close()
+
+
+# ---- secrets -----------------------------------------------------------------------------------
+
+
+async def test_no_secret_in_logs_or_reprs(
+    moto_server: str,
+    profile_env: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
+    source_factory: Any,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    assumed = source_factory(environ=profile_env, role_arn=ROLE_ARN, endpoint_url=moto_server)
+    chain = source_factory(environ=profile_env)
+    empty = {k: v + ".missing" if k.endswith("_FILE") else v for k, v in profile_env.items()}
+    fake = source_factory(environ=empty)
+    secrets = [BASE_SECRET]
+    shown = []
+    for src in (assumed, chain, fake):
+        await src.start()
+        creds = src.credentials()
+        secrets += [s for s in secrets_of(creds) if s]
+        shown += [repr(src), repr(creds), str(creds), repr(src.facts())]
+    text = "\n".join(shown + [r.getMessage() for r in caplog.records])
+    assert "credentials via assume-role" in text  # the logs were captured
+    for secret in secrets:
+        assert secret not in text
