@@ -16,6 +16,7 @@ from email.utils import formatdate
 from typing import Protocol
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from metamock.imds.tokens import MAX_TTL, MIN_TTL, TokenSigner
 from metamock.imds.tree import TEXT, Node, Tree
@@ -189,7 +190,24 @@ def _wants_credentials(segments: list[str]) -> bool:
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
+# Request line and header limits: above a 10 KB token, below anything that could cost memory.
+MAX_LINE = 16384
+MAX_FIELD = 16384
+
+
+class _DropClientErrors(logging.Filter):
+    """aiohttp logs malformed requests at ERROR with the offending bytes (maybe a token). A bad
+    request is the client's problem: it gets a 400 and we log nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, HttpProcessingError)
+
+
 def make_server(handler: Handler) -> web.Server:
     """aiohttp's low-level server around `handler`, without an access log (it would log paths at
     a rate that costs more than the answers)."""
-    return web.Server(handler, access_log=None)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _DropClientErrors) for f in server_log.filters):
+        server_log.addFilter(_DropClientErrors())
+    return web.Server(handler, access_log=None, max_line_size=MAX_LINE, max_field_size=MAX_FIELD)

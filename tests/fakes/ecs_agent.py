@@ -57,6 +57,7 @@ class FakeEcsAgent:
         container: dict[str, Any] | None = None,
         credentials: dict[str, Any] | None = None,
         credential_lifetime: float | None = 6 * 3600,
+        clock: Any = None,
     ) -> None:
         self.task = task or json.loads((FIXTURES / "fargate-task.json").read_text())
         self.container = container or self.task["Containers"][0]
@@ -70,6 +71,10 @@ class FakeEcsAgent:
         self.bad_json: set[str] = set()
         self.fail_count: dict[str, int] = {}  # fail the next N requests of a kind with 500
         self.delay: float = 0.0
+        # Optional: an object with .time() (e.g. metamock.clock.ManualClock) for issued expirations.
+        self.clock = clock
+        self.requests: list[tuple[str, dict[str, str]]] = []  # (path, headers) of every request
+        self._released = asyncio.Event()  # set by stop(): hung handlers end instead of blocking it
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -84,15 +89,21 @@ class FakeEcsAgent:
             creds["SecretAccessKey"] = f"rotatedSecret{self.generation:027d}"
             creds["Token"] = f"rotatedToken{self.generation}"
         if self.credential_lifetime is not None:
-            creds["Expiration"] = _iso(time.time() + self.credential_lifetime)
+            creds["Expiration"] = _iso(self.now() + self.credential_lifetime)
         return creds
+
+    def now(self) -> float:
+        return self.clock.time() if self.clock is not None else time.time()
 
     async def _steer(self, kind: str) -> web.Response | None:
         self.calls[kind] += 1
         if self.delay:
             await asyncio.sleep(self.delay)
         if kind in self.hang:
-            await asyncio.sleep(3600)
+            try:
+                await asyncio.wait_for(self._released.wait(), 3600)
+            except TimeoutError:
+                pass
         if self.fail_count.get(kind, 0) > 0:
             self.fail_count[kind] -= 1
             return web.json_response(
@@ -109,6 +120,7 @@ class FakeEcsAgent:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path
+        self.requests.append((path, dict(request.headers)))
         if path == "/_calls":
             return web.json_response(dict(self.calls))
         if path == f"/v4/{TASK_ID}/task":
@@ -125,7 +137,7 @@ class FakeEcsAgent:
             if steered:
                 return steered
             creds = self.current_credentials()
-            exp = datetime.fromtimestamp(time.time() + (self.credential_lifetime or 3600), UTC)
+            exp = datetime.fromtimestamp(self.now() + (self.credential_lifetime or 3600), UTC)
             return web.json_response(
                 {
                     "AccessKeyId": creds["AccessKeyId"],
@@ -135,7 +147,7 @@ class FakeEcsAgent:
                     "Expiration": exp.strftime("%Y-%m-%dT%H:%M:%S.123456789Z"),
                 }
             )
-        if path.startswith(f"/v2/credentials/"):
+        if path.startswith("/v2/credentials/"):
             return web.json_response(
                 {"code": "InvalidIdInRequest", "message": "bad id", "HTTPErrorCode": 400}, status=400
             )
@@ -148,12 +160,13 @@ class FakeEcsAgent:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
-        server = site._server  # noqa: SLF001 - the bound port is only known here
+        server = site._server
         assert server is not None
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         return self.port
 
     async def stop(self) -> None:
+        self._released.set()
         if self._runner:
             await self._runner.cleanup()
 
