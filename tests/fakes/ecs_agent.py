@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import time
 from collections import Counter
@@ -100,10 +101,8 @@ class FakeEcsAgent:
         if self.delay:
             await asyncio.sleep(self.delay)
         if kind in self.hang:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._released.wait(), 3600)
-            except TimeoutError:
-                pass
         if self.fail_count.get(kind, 0) > 0:
             self.fail_count[kind] -= 1
             return web.json_response(
@@ -113,7 +112,9 @@ class FakeEcsAgent:
         if status == 429:
             return web.Response(status=429, text="You have reached maximum request limit.")
         if status is not None:
-            return web.json_response({"code": "Error", "message": "forced", "HTTPErrorCode": status}, status=status)
+            return web.json_response(
+                {"code": "Error", "message": "forced", "HTTPErrorCode": status}, status=status
+            )
         if kind in self.bad_json:
             return web.Response(text="{not json", content_type="application/json")
         return None

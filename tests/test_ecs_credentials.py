@@ -1,0 +1,224 @@
+"""The credential cache over the real client and the fake agent: single flight, refresh, backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from metamock.clock import ManualClock, iso_z
+from metamock.ecs.client import EcsClient, Endpoints
+from metamock.ecs.credentials import Backoff, CredentialCache, RefreshPolicy
+from tests.ecs_support import CREDS_LOOP, START, SteppedSleep, relative_env, started_agent
+from tests.fakes.ecs_agent import FakeEcsAgent
+
+HOUR = 3600.0
+NO_CAP = RefreshPolicy(max_sleep=1e9)  # one sleep per refresh, so each test step is one iteration
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(START)
+
+
+@pytest.fixture
+async def agent(clock: ManualClock) -> AsyncIterator[FakeEcsAgent]:
+    agent = await started_agent(clock)
+    yield agent
+    await agent.stop()
+
+
+@pytest.fixture
+def sleeper(clock: ManualClock) -> SteppedSleep:
+    return SteppedSleep(clock)
+
+
+MakeCache = Callable[..., CredentialCache]
+
+
+@pytest.fixture
+async def make_cache(
+    agent: FakeEcsAgent, clock: ManualClock, sleeper: SteppedSleep
+) -> AsyncIterator[MakeCache]:
+    caches: list[CredentialCache] = []
+    session = aiohttp.ClientSession()
+    endpoints = Endpoints.from_environ(relative_env(agent), credentials_host=f"127.0.0.1:{agent.port}")
+
+    def make(timeout: float = 2.0, **kw: Any) -> CredentialCache:
+        ecs = EcsClient(session, endpoints, timeout=timeout)
+        kw.setdefault("policy", NO_CAP)
+        kw.setdefault("rand", random.Random(7))
+        cache = CredentialCache(
+            lambda: ecs.credentials(obtained_at=clock.time()), clock=clock, sleep=sleeper, **kw
+        )
+        caches.append(cache)
+        return cache
+
+    yield make
+    for cache in caches:
+        await cache.close()
+    await session.close()
+
+
+async def test_two_thousand_concurrent_waiters_make_one_upstream_call(
+    agent: FakeEcsAgent, make_cache: MakeCache
+) -> None:
+    cache = make_cache()
+    agent.delay = 0.2  # every caller arrives while the one fetch is in flight
+    results = await asyncio.gather(*(cache.within(0.5) for _ in range(2000)))
+    assert agent.calls["credentials"] == 1
+    assert {c.access_key_id if c else None for c in results} == {"ASIAEXAMPLEEXAMPLE00"}
+    # Later callers get the cached value without any upstream call.
+    await asyncio.gather(*(cache.within(0.5) for _ in range(2000)))
+    assert agent.calls["credentials"] == 1
+
+
+async def test_callers_never_wait_longer_than_their_timeout(
+    agent: FakeEcsAgent, make_cache: MakeCache
+) -> None:
+    cache = make_cache(timeout=2.0)
+    agent.hang.add("credentials")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    results = await asyncio.gather(*(cache.within(0.3) for _ in range(50)))
+    assert loop.time() - started < 0.8
+    assert results == [None] * 50
+    assert agent.calls["credentials"] == 1  # the hung fetch is shared, not repeated
+
+
+async def test_refresh_ahead_of_expiry_and_rotation(
+    agent: FakeEcsAgent, make_cache: MakeCache, sleeper: SteppedSleep, clock: ManualClock
+) -> None:
+    changes: list[str] = []
+    cache = make_cache(on_change=lambda: changes.append(cache.current().access_key_id))  # type: ignore[union-attr]
+    first = await cache.refresh()
+    assert first is not None
+    cache.start()
+    # Sleeps until 30 minutes before the 6-hour expiry.
+    assert await sleeper.wait_parked(CREDS_LOOP) == pytest.approx(5.5 * HOUR)
+    agent.rotate()
+    next_delay = await sleeper.step(CREDS_LOOP)
+    rotated = cache.current()
+    assert rotated is not None
+    assert rotated.access_key_id == "ASIAROTATED000000001"
+    assert rotated.expiration - clock.time() == pytest.approx(6 * HOUR, abs=1)
+    assert next_delay == pytest.approx(5.5 * HOUR, abs=1)
+    assert changes == ["ASIAEXAMPLEEXAMPLE00", "ASIAROTATED000000001"]
+    # The same credentials again are not a change.
+    await cache.refresh()
+    assert len(changes) == 2
+    assert agent.calls["credentials"] == 3
+
+
+async def test_same_near_expiry_credentials_are_retried_with_backoff(
+    agent: FakeEcsAgent, make_cache: MakeCache, sleeper: SteppedSleep, clock: ManualClock
+) -> None:
+    agent.credential_lifetime = None  # the agent keeps handing out the same credentials...
+    agent.base_credentials["Expiration"] = iso_z(START + 20 * 60)  # ...with 20 minutes left
+    cache = make_cache()
+    assert await cache.refresh() is not None
+    cache.start()
+    delays = [await sleeper.wait_parked(CREDS_LOOP)]
+    for _ in range(4):
+        delays.append(await sleeper.step(CREDS_LOOP))
+    assert all(0.5 <= d <= 60.0 for d in delays)
+    assert delays == sorted(delays)  # growing backoff, not a tight loop
+    assert agent.calls["credentials"] == 5
+    assert cache.current() is not None  # still served: the upstream cannot renew them
+    # Fresh credentials end the backoff and the next sleep aims at 30 minutes before expiry.
+    agent.credential_lifetime = 6 * HOUR
+    assert await sleeper.step(CREDS_LOOP) == pytest.approx(5.5 * HOUR, abs=1)
+
+
+async def test_served_through_failures_until_they_truly_expire(
+    agent: FakeEcsAgent, make_cache: MakeCache, sleeper: SteppedSleep, clock: ManualClock
+) -> None:
+    cache = make_cache()
+    creds = await cache.refresh()
+    assert creds is not None
+    cache.start()
+    await sleeper.wait_parked(CREDS_LOOP)
+    agent.status["credentials"] = 500
+    await sleeper.step(CREDS_LOOP)  # to 30 minutes before expiry: refresh fails
+    for _ in range(20):
+        assert cache.current() is creds
+        assert await cache.within(0.5) is creds
+        await sleeper.step(CREDS_LOOP)
+    assert clock.time() < creds.expiration
+    clock.advance(creds.expiration - clock.time())
+    assert cache.current() is None
+    assert await cache.within(0.5) is None  # past the backoff window: one more (failing) try
+    calls = agent.calls["credentials"]
+    # Within the new backoff window clients get None at once, without an upstream call.
+    assert await cache.within(0.5) is None
+    assert agent.calls["credentials"] == calls
+    # The upstream comes back: the next attempt repairs it.
+    del agent.status["credentials"]
+    for _ in range(3):
+        await sleeper.step(CREDS_LOOP)
+        if cache.current() is not None:
+            break
+    assert cache.current() is not None
+
+
+@pytest.mark.parametrize(("status", "first_step"), [(429, 5.0), (500, 1.0), (503, 1.0)])
+async def test_failures_back_off_exponentially_with_a_cap(
+    agent: FakeEcsAgent, make_cache: MakeCache, sleeper: SteppedSleep, status: int, first_step: float
+) -> None:
+    agent.status["credentials"] = status
+    cache = make_cache()
+    cache.start()
+    delays = [await sleeper.wait_parked(CREDS_LOOP)]
+    for _ in range(9):
+        delays.append(await sleeper.step(CREDS_LOOP))
+    for n, delay in enumerate(delays):
+        step = min(60.0, first_step * 2**n)
+        assert step / 2 <= delay <= step
+    assert max(delays) <= 60.0
+    assert agent.calls["credentials"] == 10  # one call per attempt, none from waiting clients
+    assert await cache.within(0.5) is None
+    assert agent.calls["credentials"] == 10
+
+
+async def test_expired_answer_is_not_accepted(agent: FakeEcsAgent, make_cache: MakeCache) -> None:
+    agent.credential_lifetime = None
+    agent.base_credentials["Expiration"] = iso_z(START - 60)
+    cache = make_cache()
+    assert await cache.refresh() is None
+    assert cache.current() is None
+
+
+async def test_bad_answers_are_retried(
+    agent: FakeEcsAgent, make_cache: MakeCache, sleeper: SteppedSleep
+) -> None:
+    agent.bad_json.add("credentials")
+    cache = make_cache()
+    cache.start()
+    await sleeper.wait_parked(CREDS_LOOP)
+    agent.bad_json.clear()
+    await sleeper.step(CREDS_LOOP)
+    assert cache.current() is not None
+
+
+async def test_close_cancels_loop_and_inflight_fetch(agent: FakeEcsAgent, make_cache: MakeCache) -> None:
+    agent.hang.add("credentials")
+    cache = make_cache(timeout=30.0)
+    cache.start()
+    assert await cache.within(0.05) is None
+    tasks = [t for t in asyncio.all_tasks() if t.get_name().startswith("metamock-ecs-credentials")]
+    assert len(tasks) == 2
+    await cache.close()
+    assert all(t.done() for t in tasks)
+
+
+def test_backoff_is_capped_and_jittered() -> None:
+    backoff = Backoff(1.0, 5.0, 60.0, random.Random(1))
+    delays = [backoff.next() for _ in range(50)]
+    assert all(0.5 <= d <= 60.0 for d in delays)
+    assert len(set(delays)) == len(delays)
+    backoff.reset()
+    assert backoff.next(throttled=True) >= 2.5
