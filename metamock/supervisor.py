@@ -1,0 +1,281 @@
+"""Supervise child processes: start in order, restart with backoff, forward signals, stop in
+reverse order within a grace period, and reap every child, orphans included.
+
+Children are spawned with posix_spawn (own process group, default signal dispositions, empty
+signal mask) and reaped by one SIGCHLD handler calling waitpid(-1): as PID 1 or as a child
+subreaper that is the only way orphans are collected. It also means nothing else in this
+process may spawn and wait for children while the supervisor runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import enum
+import logging
+import os
+import shutil
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from metamock.clock import Clock, SystemClock
+
+log = logging.getLogger("metamock.supervisor")
+
+PR_SET_CHILD_SUBREAPER = 36
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+# Dispositions a child must not inherit: everything catchable goes back to SIG_DFL.
+_RESET = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
+
+
+class Restart(enum.StrEnum):
+    ALWAYS = "always"
+    ON_FAILURE = "on-failure"
+    NEVER = "never"
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Restart delays: initial * factor**(n-1), capped; a long enough run forgives the past."""
+
+    initial: float = 1.0
+    factor: float = 2.0
+    maximum: float = 30.0
+    reset_after: float = 60.0
+
+    def delay(self, restarts: int) -> float:
+        return min(self.maximum, self.initial * self.factor ** max(0, restarts - 1))
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """What to run: argv (never through a shell), its full environment, and its policy."""
+
+    name: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(repr=False)  # may hold credential URIs: kept out of logs
+    restart: Restart = Restart.ON_FAILURE
+    before_start: Callable[[], None] | None = None
+
+
+def exit_code(status: int) -> int:
+    """A wait status as a shell reports it: the exit code, or 128+N when signal N killed it."""
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def should_restart(policy: Restart, code: int) -> bool:
+    return policy is Restart.ALWAYS or (policy is Restart.ON_FAILURE and code != 0)
+
+
+def become_subreaper() -> bool:
+    """Ask the kernel to give this process the orphans of its descendants (not needed as PID 1)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+
+
+class _Child:
+    def __init__(self, spec: ChildSpec) -> None:
+        self.spec = spec
+        self.pid: int | None = None
+        self.pgid: int | None = None  # kept after exit: the group may outlive its leader
+        self.exited: asyncio.Future[int] | None = None
+        self.starts = 0
+        self.restarts = 0
+        self.started_at = 0.0
+        self.stop_signal: int | None = None
+
+
+class Supervisor:
+    """`await start()`, then `await wait()` (returns the exit code); `request_stop(sig)` ends it."""
+
+    def __init__(
+        self,
+        specs: Sequence[ChildSpec],
+        *,
+        grace: float = 10.0,
+        backoff: Backoff | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"child names must be unique: {names}")
+        self.children = [_Child(spec) for spec in specs]
+        self.grace = grace
+        self.backoff = backoff or Backoff()
+        self.clock = clock or SystemClock()
+        self._by_pid: dict[int, _Child] = {}
+        self._keepers: list[asyncio.Task[None]] = []
+        self._stop_signal: int | None = None
+        self._stopping = asyncio.Event()
+        self._failed: asyncio.Future[int] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._subreaper = False
+        self.orphans_reaped = 0
+
+    async def start(self) -> None:
+        """Install the reaper, then start every child in order."""
+        self._loop = asyncio.get_running_loop()
+        self._failed = self._loop.create_future()
+        if os.getpid() != 1:
+            self._subreaper = become_subreaper()
+            if not self._subreaper:
+                log.warning("could not become a child subreaper; orphans will go to PID 1")
+        self._loop.add_signal_handler(signal.SIGCHLD, self._reap)
+        for child in self.children:
+            self._launch(child)
+        self._keepers = [asyncio.create_task(self._keep(c)) for c in self.children]
+
+    def forward(self, signum: int) -> None:
+        """Send `signum` to every running child (its main process)."""
+        for child in self.children:
+            if child.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signum)
+
+    def request_stop(self, signum: int = signal.SIGTERM) -> None:
+        if self._stop_signal is None:
+            self._stop_signal = signum
+            self._stopping.set()
+
+    async def wait(self) -> int:
+        """Run until a stop is requested or a child fails for good; stop all; the exit code."""
+        assert self._failed is not None, "start() first"
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            waiters: list[asyncio.Future[Any]] = [stopping, self._failed]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        failed = self._failed.result() if self._failed.done() else None
+        self.request_stop(signal.SIGTERM)
+        assert self._stop_signal is not None
+        code = await self._stop_all(self._stop_signal)
+        return failed if failed is not None else code
+
+    async def close(self) -> None:
+        """Kill what still runs (after wait() nothing does), stop reaping, undo the subreaper."""
+        for task in self._keepers:
+            task.cancel()
+        await asyncio.gather(*self._keepers, return_exceptions=True)
+        for child in self.children:
+            if child.pid is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(child.pid, 0)  # noqa: ASYNC222 - SIGKILLed just above
+        if self._loop is not None:
+            self._loop.remove_signal_handler(signal.SIGCHLD)
+            self._reap()  # whatever exited meanwhile
+        if self._subreaper:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+            self._subreaper = False
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _launch(self, child: _Child) -> None:
+        assert self._loop is not None
+        spec = child.spec
+        child.exited = self._loop.create_future()
+        child.started_at = self.clock.monotonic()
+        child.starts += 1
+        try:
+            if spec.before_start is not None:
+                spec.before_start()
+            path = shutil.which(spec.argv[0], path=spec.env.get("PATH", os.defpath))
+            if path is None:
+                raise FileNotFoundError(2, "command not found", spec.argv[0])
+            pid = os.posix_spawn(
+                path, list(spec.argv), dict(spec.env), setpgroup=0, setsigmask=(), setsigdef=_RESET
+            )
+        except OSError as exc:
+            log.error("%s: cannot start %s: %s", spec.name, spec.argv[0], exc.strerror or exc)
+            child.exited.set_result(127 if isinstance(exc, FileNotFoundError) else 126)
+            return
+        child.pid = child.pgid = pid
+        self._by_pid[pid] = child
+        log.info("%s: started (pid %d)", spec.name, pid)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = self._by_pid.pop(pid, None)
+            if child is None:
+                self.orphans_reaped += 1
+                log.debug("reaped orphan pid %d", pid)
+                continue
+            child.pid = None
+            if child.exited is not None and not child.exited.done():
+                child.exited.set_result(exit_code(status))
+
+    async def _keep(self, child: _Child) -> None:
+        """Watch one child; restart it per its policy until a stop begins."""
+        while True:
+            assert child.exited is not None
+            code = await child.exited
+            if self._stopping.is_set():
+                return
+            spec = child.spec
+            if not should_restart(spec.restart, code):
+                if code != 0:
+                    log.error("%s: exited with code %d; not restarting (%s)", spec.name, code, spec.restart)
+                    assert self._failed is not None
+                    if not self._failed.done():
+                        self._failed.set_result(code)
+                else:
+                    log.info("%s: finished (code 0)", spec.name)
+                return
+            if self.clock.monotonic() - child.started_at >= self.backoff.reset_after:
+                child.restarts = 0
+            child.restarts += 1
+            delay = self.backoff.delay(child.restarts)
+            log.warning("%s: exited with code %d; restarting in %.1fs", spec.name, code, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            if self._stopping.is_set():
+                return
+            self._launch(child)
+
+    async def _stop_all(self, signum: int) -> int:
+        """Signal children in reverse start order, each awaited, all within `grace`; then KILL."""
+        deadline = self.clock.monotonic() + self.grace
+        outcome = 0
+        running = [c for c in reversed(self.children) if c.pid is not None]
+        for child in running:
+            assert child.exited is not None
+            child.stop_signal = signum
+            if child.pid is not None:  # it may have exited while an earlier one was stopping
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signum)
+            remaining = deadline - self.clock.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(child.exited), max(0.0, remaining))
+            if not child.exited.done():
+                break
+        for child in running:
+            assert child.exited is not None
+            if not child.exited.done() and child.pid is not None:
+                log.warning("%s: still running after %gs; killing it", child.spec.name, self.grace)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
+        for child in running:
+            assert child.exited is not None
+            code = await child.exited
+            clean = code in (0, 128 + signum)
+            log.info("%s: stopped (code %d)", child.spec.name, code)
+            if not clean and outcome == 0:
+                outcome = code
+        for child in self.children:
+            # Whatever is left of each child's process group does not outlive the supervisor.
+            if child.pgid is not None and child.pgid > 1:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.pgid, signal.SIGKILL)
+        return outcome
