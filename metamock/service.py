@@ -2,30 +2,38 @@
 
 The tree is rebuilt from (facts, credentials, config, scenario documents) whenever one of them
 changes, and swapped in one assignment; requests in flight keep the tree they started with.
+A scenario whose time comes later is not computed per request: a timer rebuilds the tree at that
+moment, so listings and values always come from the same build.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import signal
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from metamock.clock import Clock, SystemClock, iso_z
+from metamock.clock import Clock, SystemClock
+from metamock.control import ControlServer, choose_path, handle_request
 from metamock.errors import MetamockError, SettingsError, UpstreamError
 from metamock.imds.server import ImdsHandler, make_server
 from metamock.imds.signing import IdentitySigner
 from metamock.imds.tokens import TokenSigner
 from metamock.imds.tree import Tree
+from metamock.scenarios import Scenario, ScenarioBook, stop_notice_documents
 from metamock.settings import ConfigFile, Settings
 from metamock.sources.base import MetadataSource
 from metamock.translate import build_tree
 
 log = logging.getLogger(__name__)
+
+MAX_TIMER = 60.0  # re-check scenario times at least this often (the wall clock may jump)
 
 
 def make_source(settings: Settings, clock: Clock) -> MetadataSource:
@@ -46,7 +54,11 @@ def make_source(settings: Settings, clock: Clock) -> MetadataSource:
 
 
 class Service:
-    """Create with `await Service.start(settings)`; stop with `await service.stop()`."""
+    """Create with `await Service.start(settings)`; stop with `await service.stop()`.
+
+    `control_socket`: None = the default path for the port, False = no control socket, or a path.
+    `watch_interval`: seconds between checks of the config file with `--watch-config`.
+    """
 
     def __init__(
         self,
@@ -54,6 +66,8 @@ class Service:
         *,
         clock: Clock | None = None,
         source: MetadataSource | None = None,
+        control_socket: Path | bool | None = None,
+        watch_interval: float = 1.0,
     ) -> None:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
@@ -69,6 +83,13 @@ class Service:
         self.netfilter_backend: str | None = None
         self._credential_lock = asyncio.Lock()
         self.on_rebuild: list[Callable[[Tree], None]] = []
+        self.scenarios = ScenarioBook()
+        self.next_scenario_change: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._control_socket = control_socket
+        self.control: ControlServer | None = None
+        self._watch_interval = watch_interval
+        self._watcher: asyncio.Task[None] | None = None
 
     # -- TreeHolder -------------------------------------------------------------------------
     @property
@@ -90,15 +111,25 @@ class Service:
     # -- life cycle -------------------------------------------------------------------------
     @classmethod
     async def start(
-        cls, settings: Settings, *, clock: Clock | None = None, source: MetadataSource | None = None
+        cls,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        source: MetadataSource | None = None,
+        control_socket: Path | bool | None = None,
+        watch_interval: float = 1.0,
     ) -> Service:
-        service = cls(settings, clock=clock, source=source)
+        service = cls(
+            settings, clock=clock, source=source,
+            control_socket=control_socket, watch_interval=watch_interval,
+        )  # fmt: skip
         await service._start()
         return service
 
     async def _start(self) -> None:
         self.source.on_change = self.rebuild
         await self.source.start()
+        self.scenarios.load_config(self.config.scenarios, self.clock.time())
         self.rebuild()
         handler = ImdsHandler(
             self,
@@ -117,9 +148,31 @@ class Service:
                 self.netfilter_backend = netfilter.apply(self.port)
                 log.info("netfilter redirect applied (%s backend)", self.netfilter_backend)
         except BaseException:
+            self._cancel_timer()
             await self._runner.cleanup()
             await self.source.close()
             raise
+        await self._start_control()
+        if self.settings.watch_config and self.settings.config_path is not None:
+            self._watcher = asyncio.ensure_future(self._watch_config(self.settings.config_path))
+
+    async def _start_control(self) -> None:
+        """The control socket; without it the server still serves (and says why triggers fail)."""
+        if self._control_socket is False:
+            return
+        try:
+            path = (
+                self._control_socket
+                if isinstance(self._control_socket, Path)
+                else choose_path(self.port, self.settings.environ)
+            )
+            control = ControlServer(path, lambda request: handle_request(self, request))
+            await control.start()
+        except (OSError, MetamockError) as exc:
+            log.warning("no control socket, `metamock trigger` will not reach this server: %s", exc)
+            return
+        self.control = control
+        log.info("control socket at %s (metamock trigger)", path)
 
     async def _listen(self) -> None:
         assert self._runner is not None
@@ -145,10 +198,13 @@ class Service:
             raise SettingsError("--host", "no address could be listened on")
 
     def rebuild(self) -> None:
-        """Rebuild the tree from the current inputs and swap it in."""
+        """Rebuild the tree from the current inputs and swap it in; re-arm the scenario timer."""
+        now = self.clock.time()
+        rendered = self.scenarios.render(now)
         extra: dict[str, Any] = {}
-        for overlay in self.overlays.values():
-            extra.update(overlay)
+        _merge(extra, rendered.documents)
+        for overlay in self.overlays.values():  # the stop notice wins over scenarios
+            _merge(extra, overlay)
         self._tree = Tree.build(
             build_tree(
                 self.source.facts(),
@@ -157,10 +213,48 @@ class Service:
                 extra_meta=extra,
                 signer=self.identity_signer,
             ),
-            built_at=self.clock.time(),
+            built_at=now,
         )
+        self._arm_timer(rendered.next_change)
         for callback in self.on_rebuild:
             callback(self._tree)
+
+    def _arm_timer(self, when: float | None) -> None:
+        self._cancel_timer()
+        self.next_scenario_change = when
+        if when is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # built outside a loop (a test); nothing to wake up
+            return
+        delay = min(max(when - self.clock.time(), 0.0), MAX_TIMER)
+        self._timer = loop.call_later(delay + 0.001, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        try:
+            self.rebuild()
+        except (ValueError, TypeError):
+            log.exception("scenario rebuild failed; the previous tree stays")
+
+    # -- scenarios (the control socket calls these) ------------------------------------------
+    def trigger_scenario(self, scenario: Scenario) -> None:
+        self.scenarios.trigger(scenario)
+        self.rebuild()
+
+    def clear_scenarios(self, kind: str | None = None) -> int:
+        cleared = self.scenarios.clear(kind)
+        self.rebuild()
+        return cleared
+
+    def scenario_status(self) -> list[dict[str, Any]]:
+        return [s.describe() for s in self.scenarios.scenarios()]
 
     def set_overlay(self, name: str, documents: Mapping[str, Any] | None) -> None:
         """Add, replace or (with None) remove a named layer of meta-data documents."""
@@ -175,35 +269,43 @@ class Service:
         path = self.settings.config_path
         if path is None:
             return False
+        previous_config, previous_book = self.config, copy.deepcopy(self.scenarios)
         try:
             config = ConfigFile.read(path)
-            previous, self.config = self.config, config
+            self.config = config
+            self.scenarios.load_config(config.scenarios, self.clock.time())
             try:
                 self.rebuild()
             except (ValueError, TypeError) as exc:
-                self.config = previous
                 raise SettingsError("--config", str(exc)) from exc
         except SettingsError as exc:
+            self.config, self.scenarios = previous_config, previous_book
             log.error("config reload rejected, keeping the previous one: %s", exc)
             return False
+        if config.server != previous_config.server:
+            log.warning("config [server] changed; server settings take effect only after a restart")
         log.info("config reloaded from %s", path)
         return True
+
+    async def _watch_config(self, path: Path) -> None:
+        """Reload when the file's inode, size or mtime changes (editors replace or rewrite it)."""
+        last = _file_id(path)
+        while True:
+            await asyncio.sleep(self._watch_interval)
+            current = _file_id(path)
+            if current == last:
+                continue
+            last = current
+            if current is None:
+                log.warning("config file %s is gone; keeping the current config", path)
+                continue
+            self.reload_config()
 
     async def publish_stop_notice(self) -> None:
         seconds = self.settings.stop_notice
         if seconds <= 0:
             return
-        notice_time = iso_z(self.clock.time() + seconds)
-        self.set_overlay(
-            "stop-notice",
-            {
-                "spot": {
-                    "instance-action": f'{{"action":"terminate","time":"{notice_time}"}}',
-                    "termination-time": notice_time,
-                },
-                "autoscaling": {"target-lifecycle-state": "Terminated"},
-            },
-        )
+        self.set_overlay("stop-notice", stop_notice_documents(self.clock.time(), seconds))
         log.info("stop notice published; serving for %gs before shutting down", seconds)
         await asyncio.sleep(seconds)
 
@@ -211,6 +313,15 @@ class Service:
         """Publish the stop notice (if asked and configured), stop listening, undo what we set up."""
         if stop_notice:
             await self.publish_stop_notice()
+        self._cancel_timer()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+        if self.control is not None:
+            await self.control.close()
+            self.control = None
         try:
             if self.netfilter_backend is not None:
                 from metamock import netfilter  # noqa: PLC0415
@@ -226,6 +337,26 @@ class Service:
 
 def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def _merge(target: dict[str, Any], layer: Mapping[str, Any]) -> None:
+    """Deep-merge `layer` into `target`, copying every directory (translation edits them in place)."""
+    for key, value in layer.items():
+        if isinstance(value, Mapping):
+            child = target.get(key)
+            if not isinstance(child, dict):
+                child = target[key] = {}
+            _merge(child, value)
+        else:
+            target[key] = value
+
+
+def _file_id(path: Path) -> tuple[int, int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_ino, info.st_mtime_ns, info.st_size)
 
 
 async def serve_until_signal(settings: Settings, on_ready: Callable[[Service], None] | None = None) -> int:

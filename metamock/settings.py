@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from metamock.errors import SettingsError
+from metamock.scenarios import ScenarioError, validate_config
 
 DEFAULT_HOSTS = ("127.0.0.1", "::1")
 DEFAULT_PORT = 1338
@@ -99,9 +100,19 @@ class ConfigFile:
             user_data=user_data_raw.encode() if isinstance(user_data_raw, str) else None,
             tags={str(k): str(v) for k, v in tags.items()},
             role_name=role_name,
-            scenarios=_table(raw, "scenarios"),
+            scenarios=_scenarios(raw),
             interfaces=tuple(interfaces),
         )
+
+
+def _scenarios(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The `[scenarios]` table, checked against the schema in metamock.scenarios (kept raw)."""
+    table = _table(raw, "scenarios")
+    try:
+        validate_config(table)
+    except ScenarioError as exc:
+        raise SettingsError(f"config scenarios.{exc.key}", str(exc)) from exc
+    return table
 
 
 def _table(raw: Mapping[str, Any], key: str) -> dict[str, Any]:

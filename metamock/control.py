@@ -1,0 +1,232 @@
+"""The local control channel: a unix socket (mode 0600) speaking JSON lines. Never TCP.
+
+One request per line, one answer per line:
+  {"op": "trigger", "scenario": "spot", "options": {"action": "stop", "in": 60}}
+  {"op": "clear"} / {"op": "clear", "scenario": "rebalance"} / {"op": "status"}
+Answers are {"ok": true, "scenarios": [...]} or {"ok": false, "error": "..."}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import stat
+import struct
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from metamock.errors import MetamockError
+from metamock.scenarios import KINDS, Scenario, ScenarioError, build
+
+log = logging.getLogger(__name__)
+
+MAX_LINE = 64 * 1024
+READ_TIMEOUT = 10.0
+_PEERCRED = struct.Struct("3i")  # pid, uid, gid
+
+
+def socket_candidates(port: int, environ: Mapping[str, str], uid: int | None = None) -> list[Path]:
+    """Where the control socket of the server on `port` lives, in order of preference."""
+    uid = os.geteuid() if uid is None else uid
+    dirs = [Path("/run/metamock")]
+    if environ.get("XDG_RUNTIME_DIR"):
+        dirs.append(Path(environ["XDG_RUNTIME_DIR"]) / "metamock")
+    dirs.append(Path("/tmp") / f"metamock-{uid}")  # noqa: S108 (a private 0700 directory, checked)
+    return [d / f"control-{port}.sock" for d in dirs]
+
+
+def find_socket(port: int, environ: Mapping[str, str]) -> Path | None:
+    """The first candidate that exists as a socket (what `metamock trigger` connects to)."""
+    for path in socket_candidates(port, environ):
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(path.stat().st_mode):
+                return path
+    return None
+
+
+def _private_dir(directory: Path) -> bool:
+    """Create `directory` (0700) or accept it when it is ours and nobody else can write in it."""
+    try:
+        directory.mkdir(mode=0o700, exist_ok=True)
+        info = directory.stat()
+    except OSError:
+        return False
+    others_write = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    return info.st_uid == os.geteuid() and not others_write and os.access(directory, os.W_OK)
+
+
+def choose_path(port: int, environ: Mapping[str, str]) -> Path:
+    """The first candidate whose directory we can make private; MetamockError when none."""
+    for path in socket_candidates(port, environ):
+        if _private_dir(path.parent):
+            return path
+    raise MetamockError("no private directory for the control socket (/run, $XDG_RUNTIME_DIR, /tmp)")
+
+
+class Controlled(Protocol):
+    """What the control channel needs from the service."""
+
+    def now(self) -> float: ...
+
+    def trigger_scenario(self, scenario: Scenario) -> None: ...
+
+    def clear_scenarios(self, kind: str | None) -> int: ...
+
+    def scenario_status(self) -> list[dict[str, Any]]: ...
+
+
+def handle_request(target: Controlled, request: Any) -> dict[str, Any]:
+    """Answer one decoded request line."""
+    if not isinstance(request, dict):
+        return {"ok": False, "error": "a request is a JSON object"}
+    op = request.get("op")
+    kind = request.get("scenario")
+    if kind is not None and kind not in KINDS:
+        return {"ok": False, "error": f"unknown scenario {kind!r}; expected one of {', '.join(KINDS)}"}
+    if op == "trigger":
+        options = request.get("options") or {}
+        if kind is None or not isinstance(options, dict):
+            return {"ok": False, "error": "trigger needs a scenario and an options object"}
+        try:
+            scenario = build(kind, options, target.now())
+        except ScenarioError as exc:
+            return {"ok": False, "error": f"--{exc.key}: {exc}" if exc.key else str(exc)}
+        target.trigger_scenario(scenario)
+        log.info("scenario triggered over the control socket: %s", scenario.describe())
+        return {"ok": True, "triggered": scenario.describe(), "scenarios": target.scenario_status()}
+    if op == "clear":
+        cleared = target.clear_scenarios(kind)
+        log.info("scenarios cleared over the control socket (%s): %d", kind or "all", cleared)
+        return {"ok": True, "cleared": cleared, "scenarios": target.scenario_status()}
+    if op == "status":
+        return {"ok": True, "scenarios": target.scenario_status()}
+    return {"ok": False, "error": f"unknown op {op!r}; expected trigger, clear or status"}
+
+
+class ControlServer:
+    """Listens on `path`; answers each line with `handler(request)`. Only our uid (or root) may talk."""
+
+    def __init__(self, path: Path, handler: Callable[[Any], dict[str, Any]]) -> None:
+        self.path = path
+        self._handler = handler
+        self._server: asyncio.AbstractServer | None = None
+        self._inode: int | None = None
+        self._clients: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+
+    async def start(self) -> None:
+        # Bind under a temporary name, restrict it, then rename into place: the socket is never
+        # reachable with looser permissions, and a stale socket of a dead server is replaced.
+        if _alive(self.path):
+            raise MetamockError(f"control socket {self.path} is in use by another server")
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(str(temporary))
+            temporary.chmod(0o600)
+            temporary.replace(self.path)
+            self._inode = self.path.stat().st_ino
+            sock.listen(16)
+            sock.setblocking(False)
+            self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=MAX_LINE)
+        except BaseException:
+            sock.close()
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            raise
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        # Closing a client's transport ends its read loop; its task then finishes by itself
+        # (cancelling it instead would make asyncio's stream callback log the cancellation).
+        for writer in self._clients.values():
+            writer.close()
+        if self._clients:
+            await asyncio.wait(list(self._clients), timeout=READ_TIMEOUT)
+        # Remove the path only if it is still ours (a newer server may have replaced it).
+        with contextlib.suppress(OSError):
+            if self.path.stat().st_ino == self._inode:
+                self.path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._clients[task] = writer
+        try:
+            if not _peer_allowed(writer):
+                writer.write(_line({"ok": False, "error": "not allowed"}))
+                return
+            while True:
+                try:
+                    raw = await asyncio.wait_for(reader.readline(), READ_TIMEOUT)
+                except (TimeoutError, ValueError, asyncio.LimitOverrunError):
+                    writer.write(_line({"ok": False, "error": "request too long or too slow"}))
+                    return
+                if not raw:
+                    return
+                try:
+                    answer = self._handler(json.loads(raw))
+                except json.JSONDecodeError:
+                    answer = {"ok": False, "error": "a request is one line of JSON"}
+                writer.write(_line(answer))
+                await writer.drain()
+        except ConnectionError:
+            return
+        finally:
+            self._clients.pop(task, None)
+            writer.close()
+
+
+def _line(message: Mapping[str, Any]) -> bytes:
+    return json.dumps(message).encode() + b"\n"
+
+
+def _peer_allowed(writer: asyncio.StreamWriter) -> bool:
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return False
+    _pid, uid, _gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    return uid in (0, os.geteuid())
+
+
+def _alive(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def call(path: Path, request: Mapping[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    """Send one request to the server at `path` and return its answer (blocking, stdlib only)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+            sock.sendall(_line(request))
+            data = b""
+            while not data.endswith(b"\n") and len(data) <= MAX_LINE:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError as exc:
+        raise MetamockError(f"cannot talk to the server at {path}: {exc.strerror or exc}") from exc
+    try:
+        answer = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise MetamockError(f"the server at {path} answered something that is not JSON") from exc
+    if not isinstance(answer, dict):
+        raise MetamockError(f"the server at {path} answered something that is not an object")
+    return answer
