@@ -8,6 +8,7 @@ namespaces that the `netns` fixture creates with nothing but `lo`.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import shutil
@@ -131,16 +132,15 @@ class NetNS:
         for proc in self.procs:
             if proc.poll() is None:
                 proc.kill()
-            try:
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
         pids = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True, check=False)
         for pid in pids.stdout.split():
-            try:
+            with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), 9)
-            except (ProcessLookupError, ValueError):
-                pass
         subprocess.run(["ip", "netns", "del", self.name], check=False, capture_output=True)
 
 
@@ -155,7 +155,9 @@ def make_netns(*, ecs_shaped: bool = True, imds_routes: bool = False) -> NetNS:
         if ecs_shaped:
             subprocess.run([*ns_ip, "addr", "add", "169.254.170.2/32", "dev", "lo"], check=True)
         if imds_routes:
-            subprocess.run([*ns_ip, "route", "add", "169.254.169.254/32", "dev", "lo", "src", "127.0.0.1"], check=True)
+            subprocess.run(
+                [*ns_ip, "route", "add", "169.254.169.254/32", "dev", "lo", "src", "127.0.0.1"], check=True
+            )
             subprocess.run([*ns_ip, "-6", "route", "add", "fd00:ec2::254/128", "dev", "lo"], check=True)
     except BaseException:
         ns.close()
