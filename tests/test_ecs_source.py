@@ -120,9 +120,14 @@ async def test_start_fetches_documents_and_credentials(agent: FakeEcsAgent, make
     assert creds.role_arn == "arn:aws:iam::111122223333:role/example-task-role"
     assert await source.credentials_within(0.5) is creds
     assert agent.requests[0][1]["User-Agent"].startswith("metamock/")
+    with pytest.raises(RuntimeError, match="twice"):
+        await source.start()
     await source.close()
     await source.close()  # twice is fine
     assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("metamock-ecs")]
+    calls = agent.calls["credentials"]
+    assert await source.credentials_within(0.5) is creds  # still valid; no fetch after close
+    assert agent.calls["credentials"] == calls
 
 
 async def test_start_retries_then_succeeds(agent: FakeEcsAgent, make_source: MakeSource) -> None:

@@ -12,7 +12,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -46,7 +46,8 @@ class Endpoints:
     """Where the ECS documents and credentials live, read from the variables ECS injects."""
 
     metadata_uri: str
-    credentials_url: str | None = None
+    # The URL holds the credential id (a capability on the host): out of the repr.
+    credentials_url: str | None = field(default=None, repr=False)
     credentials_label: str = "(none)"  # the URL as it may be logged: no credential id, no query
     token_file: Path | None = None
     token: Secret | None = None

@@ -83,6 +83,7 @@ class CredentialCache:
         self._not_before = float("-inf")  # monotonic: no fetch before this (backoff)
         self._loop_task: asyncio.Task[None] | None = None
         self._last_problem = ""
+        self._closed = False
 
     def current(self) -> Credentials | None:
         """The cached credentials while they are valid at all, else None."""
@@ -105,17 +106,18 @@ class CredentialCache:
     async def refresh(self) -> Credentials | None:
         """One fetch now (joining any in flight), ignoring backoff; the valid result or None."""
         task = self._shared_fetch(force=True)
-        assert task is not None
-        await asyncio.wait({task})
+        if task is not None:
+            await asyncio.wait({task})
         return self.current()
 
     def start(self) -> None:
         """Start the background refresh loop."""
-        if self._loop_task is None:
+        if self._loop_task is None and not self._closed:
             self._loop_task = asyncio.create_task(self._run(), name="metamock-ecs-credentials-refresh")
 
     async def close(self) -> None:
         """Cancel the loop and any fetch in flight, and wait for them to end."""
+        self._closed = True
         tasks = [t for t in (self._loop_task, self._inflight) if t is not None]
         self._loop_task = self._inflight = None
         for task in tasks:
@@ -126,6 +128,8 @@ class CredentialCache:
         # No await between the check and the assignment: this is what makes the fetch single.
         if self._inflight is not None and not self._inflight.done():
             return self._inflight
+        if self._closed:
+            return None
         if not force and self._clock.monotonic() < self._not_before:
             return None
         task = asyncio.create_task(self._fetch_once(), name="metamock-ecs-credentials-fetch")

@@ -68,6 +68,8 @@ class EcsSource:
 
     async def start(self) -> None:
         """Fetch the task documents (UpstreamError after ~10 s of failures), then credentials."""
+        if self._session is not None or self._facts is not None:
+            raise RuntimeError("EcsSource.start() called twice")
         # trust_env=False: a proxy from the environment must never see credential traffic.
         self._session = aiohttp.ClientSession(
             headers={"User-Agent": f"metamock/{__version__}"},
