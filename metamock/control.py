@@ -89,7 +89,7 @@ def handle_request(target: Controlled, request: Any) -> dict[str, Any]:
     if kind is not None and kind not in KINDS:
         return {"ok": False, "error": f"unknown scenario {kind!r}; expected one of {', '.join(KINDS)}"}
     if op == "trigger":
-        options = request.get("options") or {}
+        options = request.get("options", {})
         if kind is None or not isinstance(options, dict):
             return {"ok": False, "error": "trigger needs a scenario and an options object"}
         try:

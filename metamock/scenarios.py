@@ -224,7 +224,11 @@ def from_config(key: str, raw: Any, anchor: float) -> list[Scenario]:
         table = dict(_as_table(raw))
         _only(table, {"terminate-after", "terminate-at"})
         when = {"delay": table.get("terminate-after"), "at": table.get("terminate-at")}
-        start = build("asg-terminate", {k: v for k, v in when.items() if v is not None}, anchor, "config")
+        try:
+            start = build("asg-terminate", {k: v for k, v in when.items() if v is not None}, anchor, "config")
+        except ScenarioError as exc:
+            names = {"delay": "terminate-after", "at": "terminate-at"}
+            raise ScenarioError(names.get(exc.key, exc.key), str(exc)) from None
         if "terminate-after" not in table and "terminate-at" not in table:
             start = replace(start, appears=math.inf)  # InService only, never Terminated by itself
         return [replace(start, member_since=anchor)]
@@ -277,6 +281,8 @@ def build(kind: str, options: Mapping[str, Any], now: float, origin: str = "trig
             scenario, code=code, state=state, description=description,
             not_before=not_before, not_after=not_after, deadline=deadline,
         )  # fmt: skip
+    if kind == "asg-terminate":  # a member of the group (InService) from now until then
+        return replace(scenario, member_since=now)
     return scenario
 
 
