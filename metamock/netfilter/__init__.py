@@ -76,8 +76,6 @@ def _variant(environ: Mapping[str, str] | None, recorded: state.Applied | None =
 
 
 def _pick(backend: str, tools: Tools, variant: str) -> NftBackend | IptablesBackend:
-    if backend not in BACKENDS:
-        raise NetfilterError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     nft, ipt = NftBackend(tools), IptablesBackend(tools, variant)
     if backend in ("auto", "nft") and nft.usable():
         return nft
@@ -106,6 +104,8 @@ def apply(
     uids = tuple(sorted({int(uid) for uid in exclude_uids}))
     if any(uid < 0 for uid in uids):
         raise NetfilterError("exclude uid: expected a number >= 0")
+    if backend not in BACKENDS:
+        raise NetfilterError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     require_net_admin(port)
     tools, path = Tools.from_environ(environ), state.state_path(state_dir)
     previous = state.load(path)

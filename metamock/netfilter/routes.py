@@ -7,13 +7,18 @@ own protocol number, so `remove` finds exactly those even when the state file is
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import socket
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from metamock.errors import NetfilterError
 
+T = TypeVar("T")
 IMDS_V4 = "169.254.169.254"
 IMDS_V6 = "fd00:ec2::254"
 # Route protocol tag (`ip route` shows "proto 109"); 109 is 'm', unused by routing daemons.
@@ -49,11 +54,30 @@ def wanted(ipv6: bool) -> list[Route]:
     return [WANTED_V4, WANTED_V6] if ipv6 else [WANTED_V4]
 
 
-def _iproute() -> Any:
-    """A netlink socket; pyroute2 is imported only when routes are touched (start-up time)."""
-    from pyroute2 import IPRoute  # noqa: PLC0415
+def _off_loop(fn: Callable[[], T]) -> T:
+    """Run `fn` where pyroute2 can work: its sync IPRoute drives an asyncio loop of its own,
+    which fails inside a running loop (`metamock serve --netfilter`), so use a thread there."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return fn()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="metamock-routes") as pool:
+        return pool.submit(fn).result()
 
-    return IPRoute()
+
+@contextmanager
+def _iproute() -> Iterator[Any]:
+    """A netlink socket on a plain selector loop of our own: pyroute2 cannot use uvloop's
+    (no AF_NETLINK datagram endpoints), which the policy would hand it under `serve`."""
+    from pyroute2 import IPRoute  # noqa: PLC0415  # imported only when routes are touched
+
+    loop = asyncio.SelectorEventLoop()
+    try:
+        with IPRoute(use_event_loop=loop) as ipr:
+            yield ipr
+        loop.run_until_complete(asyncio.sleep(0))  # let the closed transport finish closing
+    finally:
+        loop.close()
 
 
 def _netlink_error_type() -> type[Exception]:
@@ -103,6 +127,10 @@ def _add(ipr: Any, route: Route) -> None:
 
 def ensure(ipv6: bool) -> tuple[list[Route], list[Route]]:
     """Add the wanted routes where the address has no route; returns (added now, ours already there)."""
+    return _off_loop(lambda: _ensure(ipv6))
+
+
+def _ensure(ipv6: bool) -> tuple[list[Route], list[Route]]:
     added: list[Route] = []
     with _iproute() as ipr:
         ours = _ours(ipr)
@@ -152,12 +180,20 @@ def _delete(ipr: Any, routes: list[Route], *, quiet: bool = False) -> None:
 
 def ours() -> list[Route]:
     """metamock's routes currently in place."""
+    return _off_loop(_ours_now)
+
+
+def _ours_now() -> list[Route]:
     with _iproute() as ipr:
         return _ours(ipr)
 
 
 def remove(routes: list[Route] | None = None) -> list[Route]:
     """Delete `routes` (default: every route tagged as metamock's); returns what was there."""
+    return _off_loop(lambda: _remove(routes))
+
+
+def _remove(routes: list[Route] | None) -> list[Route]:
     with _iproute() as ipr:
         present = _ours(ipr)
         targets = [r for r in (present if routes is None else routes) if r in present]
