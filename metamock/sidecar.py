@@ -1,0 +1,215 @@
+"""The container entrypoint: serve in-process, redirect when privileged, re-export the ECS
+variables where agents read them, and supervise the agents.
+
+On SIGTERM the agents are stopped (reverse order, within the grace period) *while* the server
+publishes the stop notice, and the server stops listening only after both: agents that flush
+on shutdown (CloudWatch) still reach metadata and credentials, and the whole stop takes
+max(grace, stop notice) rather than their sum, which keeps it inside ECS's stopTimeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metamock import envexport
+from metamock.agents import Program
+from metamock.errors import MetamockError
+from metamock.service import Service
+from metamock.settings import Settings
+from metamock.supervisor import Backoff, ChildSpec, Restart, Supervisor
+
+log = logging.getLogger("metamock.sidecar")
+
+ENDPOINT_VAR = "AWS_EC2_METADATA_SERVICE_ENDPOINT"
+PROFILE_SCRIPT = Path("/etc/profile.d/metamock-ecs.sh")
+SYSTEMD_DIR = Path("/etc/systemd/system")
+DROP_IN = "metamock-ecs.conf"
+
+
+@dataclass(frozen=True)
+class SidecarOptions:
+    programs: tuple[Program, ...] = ()
+    restart: Restart = Restart.ON_FAILURE
+    grace: float = 10.0
+    allow: envexport.AllowList = field(default_factory=envexport.AllowList)
+    env_pid: str | None = None  # None: this process's own environment (it is the entrypoint)
+    profile_script: Path | None = PROFILE_SCRIPT
+    systemd_dir: Path | None = SYSTEMD_DIR
+    netfilter: bool | None = None  # None: apply when CAP_NET_ADMIN is there
+    backoff: Backoff = field(default_factory=Backoff)
+
+
+def endpoint_url(hosts: tuple[str, ...], port: int) -> str:
+    """Where the children reach the server: 127.0.0.1 when listened on, else a loopback host."""
+    if "127.0.0.1" in hosts or "0.0.0.0" in hosts or not hosts:
+        return f"http://127.0.0.1:{port}/"
+    host = hosts[0]
+    if host in ("::", "::1") or ":" in host:
+        return f"http://[{'::1' if host == '::' else host}]:{port}/"
+    return f"http://{host}:{port}/"
+
+
+def exported_variables(options: SidecarOptions, own: Mapping[bytes, bytes]) -> dict[str, bytes]:
+    """The allow-listed variables, from this process or from `--env-pid`."""
+    if options.env_pid is None:
+        environ = own
+    else:
+        environ = envexport.read_environ(envexport.resolve_pid(options.env_pid))
+    return envexport.select(environ, options.allow)
+
+
+def child_environment(
+    base: Mapping[str, str],
+    exported: Mapping[str, bytes],
+    endpoint: str,
+    program: Program,
+    allow: envexport.AllowList,
+) -> dict[str, str]:
+    """The sidecar's environment minus static keys, plus the export, the endpoint, the preset's."""
+    env = {k: v for k, v in base.items() if k not in envexport.STATIC_KEYS or allow.allows(k)}
+    # surrogateescape: posix_spawn encodes these back to the exact original bytes.
+    env.update({k: v.decode("utf-8", "surrogateescape") for k, v in exported.items()})
+    env[ENDPOINT_VAR] = endpoint
+    env.update(program.env)
+    return env
+
+
+def write_exports(options: SidecarOptions, exported: Mapping[str, bytes], endpoint: str) -> list[Path]:
+    """The profile.d script and a systemd drop-in per agent unit; a failure is a warning."""
+    variables = {**exported, ENDPOINT_VAR: endpoint.encode()}
+    targets: list[tuple[Path, bytes]] = []
+    if options.profile_script is not None:
+        targets.append((options.profile_script, envexport.render_shell(dict(sorted(variables.items())))))
+    if options.systemd_dir is not None:
+        for program in options.programs:
+            if program.unit is None:
+                continue
+            unit_vars = {**variables, **{k: v.encode() for k, v in program.env.items()}}
+            data, skipped = envexport.render_systemd(dict(sorted(unit_vars.items())))
+            for name in skipped:
+                log.warning("%s left out of the %s drop-in: not valid UTF-8", name, program.unit)
+            targets.append((options.systemd_dir / f"{program.unit}.service.d" / DROP_IN, data))
+    written = []
+    for path, data in targets:
+        try:
+            envexport.write_atomic(path, data)
+        except OSError as exc:
+            log.warning(
+                "cannot write %s (%s); agents started by metamock get the variables anyway",
+                path,
+                exc.strerror or exc,
+            )
+            continue
+        written.append(path)
+    return written
+
+
+def _apply_netfilter(service: Service, options: SidecarOptions, has_net_admin: bool) -> None:
+    if service.netfilter_backend is not None:
+        return  # --netfilter / METAMOCK_NETFILTER asked and the service applied it
+    advice = f"{ENDPOINT_VAR}=http://127.0.0.1:{service.port}/"
+    if options.netfilter is False or not has_net_admin:
+        why = "netfilter is off" if options.netfilter is False else "no CAP_NET_ADMIN"
+        log.info(
+            "%s: 169.254.169.254 is not redirected; the agents here get %s, set the same in "
+            "every other container of the task",
+            why,
+            advice,
+        )
+        return
+    from metamock import netfilter  # noqa: PLC0415 - only when privileged
+
+    try:
+        service.netfilter_backend = netfilter.apply(service.port)
+    except MetamockError as exc:
+        log.warning("redirect not applied (%s); clients need %s", exc, advice)
+        return
+    log.info("netfilter redirect applied (%s backend)", service.netfilter_backend)
+
+
+async def run_sidecar(
+    settings: Settings,
+    options: SidecarOptions,
+    environ: Mapping[str, str],
+    environb: Mapping[bytes, bytes],
+    has_net_admin: bool,
+) -> int:
+    """Serve and supervise until SIGTERM/SIGINT or a child's final failure; the exit code."""
+    exported = exported_variables(options, environb)
+    service = await Service.start(settings)
+    loop = asyncio.get_running_loop()
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+    try:
+        _apply_netfilter(service, options, has_net_admin)
+        endpoint = endpoint_url(settings.hosts, service.port)
+        write_exports(options, exported, endpoint)
+        specs = [
+            ChildSpec(
+                name=p.name,
+                argv=p.argv,
+                env=child_environment(environ, exported, endpoint, p, options.allow),
+                restart=options.restart,
+                before_start=p.before_start,
+            )
+            for p in options.programs
+        ]
+        supervisor = Supervisor(specs, grace=options.grace, backoff=options.backoff)
+        stop = asyncio.Event()
+        again = asyncio.Event()
+
+        def on_stop(signum: int) -> None:
+            if stop.is_set():
+                again.set()  # a second TERM/INT cuts the stop notice short
+                return
+            log.info("received %s: stopping", signal.Signals(signum).name)
+            stop.set()
+            supervisor.request_stop(signum)
+
+        def on_hup() -> None:
+            supervisor.forward(signal.SIGHUP)
+            service.reload_config()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_stop, sig)
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        loop.add_signal_handler(signal.SIGQUIT, supervisor.forward, signal.SIGQUIT)
+        await supervisor.start()
+        log.info(
+            "sidecar ready on port %d with %d program(s): %s",
+            service.port,
+            len(specs),
+            ", ".join(s.name for s in specs) or "none",
+        )
+        try:
+            finished = asyncio.ensure_future(supervisor.wait())
+            stopping = asyncio.ensure_future(stop.wait())
+            first: list[asyncio.Future[Any]] = [finished, stopping]
+            await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if stop.is_set():
+                notice = asyncio.ensure_future(service.publish_stop_notice())
+                code = await finished
+                cut = asyncio.ensure_future(again.wait())
+                last: list[asyncio.Future[Any]] = [notice, cut]
+                await asyncio.wait(last, return_when=asyncio.FIRST_COMPLETED)
+                notice.cancel()
+                cut.cancel()
+            else:
+                code = await finished  # a child failed for good: the task is not being stopped
+                log.error("stopping: a program failed (exit code %d)", code)
+        finally:
+            await supervisor.close()
+    finally:
+        for sig in handled:
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+        await service.stop(stop_notice=False)
+    log.info("sidecar stopped (exit code %d)", code)
+    return code
