@@ -107,11 +107,21 @@ def test_dev_log_socket_file_and_missing(tmp_path: Path) -> None:
 
 def test_agents_follow_the_sidecar_command_line(tmp_path: Path) -> None:
     assert process.check_agents(context({}, tmp_path)).status is Status.SKIP
-    sidecar = ["/usr/bin/python3", "/usr/local/bin/metamock", "sidecar", "--agent", "ssm", "--agent=cloudwatch"]
+    sidecar = [
+        "/usr/bin/python3",
+        "/usr/local/bin/metamock",
+        "sidecar",
+        "--agent",
+        "ssm",
+        "--agent=cloudwatch",
+    ]
     running = fake_proc(
         tmp_path / "a",
         pid1_argv=sidecar,
-        others=[["/usr/bin/amazon-ssm-agent"], ["/opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent"]],
+        others=[
+            ["/usr/bin/amazon-ssm-agent"],
+            ["/opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent"],
+        ],
     )
     check = process.check_agents(context({}, tmp_path, proc_root=running))
     assert check.status is Status.PASS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -35,12 +36,15 @@ async def in_daemon_thread(fn: Callable[[], T]) -> T:
             future.set_result(result)  # type: ignore[arg-type]
 
     def work() -> None:
+        result: T | None = None
+        error: BaseException | None = None
         try:
             result = fn()
         except BaseException as exc:  # handed to the awaiting coroutine
-            loop.call_soon_threadsafe(settle, None, exc)
-        else:
-            loop.call_soon_threadsafe(settle, result, None)
+            error = exc
+        # An abandoned call may end after the loop closed: nobody waits for it any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, result, error)
 
     threading.Thread(target=work, name="doctor-sts", daemon=True).start()
     return await future
@@ -62,7 +66,7 @@ def _caller_identity(ctx: DoctorContext, creds: Credentials) -> dict[str, Any]:
         config=Config(
             connect_timeout=ctx.timeouts.sts,
             read_timeout=ctx.timeouts.sts,
-            retries={"max_attempts": 1, "mode": "standard"},
+            retries={"total_max_attempts": 1, "mode": "standard"},
         ),
     )
     result: dict[str, Any] = client.get_caller_identity()
