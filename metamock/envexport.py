@@ -91,7 +91,7 @@ def _carries_ecs(pid: int, proc: Path) -> bool:
     return any(marker in environ for marker in ECS_MARKERS)
 
 
-def resolve_pid(pid: str, proc: Path = Path("/proc")) -> int:
+def resolve_pid(pid: str, proc: Path = Path("/proc"), setting: str = "--pid") -> int:
     """`N` -> N; `auto` -> PID 1, unless PID 1 is the ECS pause process (`pidMode: task`).
 
     Then it is the lowest pid whose environment carries the ECS variables: in a shared task PID
@@ -101,9 +101,9 @@ def resolve_pid(pid: str, proc: Path = Path("/proc")) -> int:
         try:
             number = int(pid)
         except ValueError:
-            raise SettingsError("--pid", f"expected a number or 'auto', got {pid!r}") from None
+            raise SettingsError(setting, f"expected a number or 'auto', got {pid!r}") from None
         if number < 1:
-            raise SettingsError("--pid", f"expected a positive pid, got {number}")
+            raise SettingsError(setting, f"expected a positive pid, got {number}")
         return number
     if not _is_pause(1, proc):
         return 1

@@ -67,7 +67,7 @@ def options_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> S
     if not 0 <= args.grace <= 3600:
         raise SettingsError("--grace", f"expected 0..3600 seconds, got {args.grace}")
     if args.env_pid is not None:
-        envexport.resolve_pid(args.env_pid)  # validate now, read at start
+        envexport.resolve_pid(args.env_pid, setting="--env-pid")  # validate now, read at start
     # Asked for explicitly, the service applies it (or fails); switched off explicitly, nothing
     # is tried; otherwise it is applied when the privilege is there.
     explicit = args.netfilter is not None or "METAMOCK_NETFILTER" in environ
