@@ -10,7 +10,7 @@ import pytest
 from metamock import netfilter
 from metamock.cli import main
 from metamock.errors import NetfilterError, PrivilegeError
-from metamock.netfilter import privilege, rules, state
+from metamock.netfilter import privilege, render, state
 from metamock.netfilter.routes import WANTED_V4, WANTED_V6
 from tests.conftest import REPO
 from tests.netfilter_support import assert_golden
@@ -28,32 +28,32 @@ def test_rule_files_are_shipped_from_iptables_dir() -> None:
         "metamock.nft",
     ]
     for name in RULE_FILES:  # the package reads the very same files, not a copy
-        assert rules.read(name) == (REPO / "iptables" / name).read_text()
+        assert render.read(name) == (REPO / "iptables" / name).read_text()
 
 
 @pytest.mark.parametrize("name", RULE_FILES)
 def test_rule_files_have_one_parameter(name: str) -> None:
-    params = set(re.findall(r"@[A-Z]+@", rules.read(name)))
+    params = set(re.findall(r"@[A-Z]+@", render.read(name)))
     assert params == ({"@UID@"} if name.startswith("exclude-uid") else {"@PORT@"})
 
 
 def test_render_nft_golden() -> None:
-    assert_golden("render-nft-ipv6-uids.nft", rules.render_nft(1338, True, [1000, 0, 1000]))
-    assert_golden("render-nft-ipv4.nft", rules.render_nft(8080, False, []))
+    assert_golden("render-nft-ipv6-uids.nft", render.render_nft(1338, True, [1000, 0, 1000]))
+    assert_golden("render-nft-ipv4.nft", render.render_nft(8080, False, []))
 
 
 def test_render_iptables_golden() -> None:
     for family in (4, 6):
-        fresh = rules.render_iptables(family, 1338, [1000, 0], with_jump=True)
-        again = rules.render_iptables(family, 1338, [1000, 0], with_jump=False)
+        fresh = render.render_iptables(family, 1338, [1000, 0], with_jump=True)
+        again = render.render_iptables(family, 1338, [1000, 0], with_jump=False)
         assert_golden(f"render-ipv{family}-uids.rules", fresh)
         assert again == fresh.replace("-A OUTPUT -j METAMOCK\n", "")
 
 
 def test_render_rejects_unfilled_parameters(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rules, "read", lambda name: "-A METAMOCK -j REDIRECT --to-ports @PORT@ @X@\n")
+    monkeypatch.setattr(render, "read", lambda name: "-A METAMOCK -j REDIRECT --to-ports @PORT@ @X@\n")
     with pytest.raises(ValueError, match="unfilled"):
-        rules.render_iptables(4, 1338, [], with_jump=True)
+        render.render_iptables(4, 1338, [], with_jump=True)
 
 
 @pytest.mark.parametrize(

@@ -147,19 +147,19 @@ def test_failure_in_the_middle_leaves_nothing(ns: NetNS, backend: str, tmp_path:
 
 def test_bad_rendered_line_rolls_back(ns: NetNS, tmp_path: Path) -> None:
     """A rule file that the kernel rejects in the IPv6 step: IPv4 chain and routes are undone."""
-    from metamock.netfilter import rules  # noqa: PLC0415
+    from metamock.netfilter import render  # noqa: PLC0415
 
     before = snapshot(ns)
-    original = rules.read(rules.IPT_IPV6)
+    original = render.read(render.IPT_IPV6)
     broken = tmp_path / "rules"
     broken.mkdir()
-    for name in (rules.IPT_IPV4, rules.IPT_EXCLUDE_UID):
-        (broken / name).write_text(rules.read(name))
-    (broken / rules.IPT_IPV6).write_text(original.replace("REDIRECT", "NO-SUCH-TARGET"))
+    for name in (render.IPT_IPV4, render.IPT_EXCLUDE_UID):
+        (broken / name).write_text(render.read(name))
+    (broken / render.IPT_IPV6).write_text(original.replace("REDIRECT", "NO-SUCH-TARGET"))
     code = (
         "import sys; from pathlib import Path; from metamock import netfilter; "
-        "from metamock.netfilter import rules; "
-        f"rules.read = lambda n: (Path({str(broken)!r}) / n).read_text(); "
+        "from metamock.netfilter import render; "
+        f"render.read = lambda n: (Path({str(broken)!r}) / n).read_text(); "
         "netfilter.apply(1338, backend='iptables', environ={'PATH': '/usr/sbin:/usr/bin:/sbin:/bin'})"
     )
     import sys  # noqa: PLC0415

@@ -4,7 +4,7 @@
     netfilter.status().applied           # True
     netfilter.remove()                   # exactly what apply added; no-op when nothing applied
 
-Rules come from the files in `iptables/` (see `rules.py`); routes from `routes.py`; what was
+Rules come from the files in `iptables/` (see `render.py`); routes from `routes.py`; what was
 added is recorded per network namespace under /run/metamock/ (`state.py`).
 """
 

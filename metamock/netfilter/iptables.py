@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from metamock.errors import NetfilterError
-from metamock.netfilter import rules
+from metamock.netfilter import render
 from metamock.netfilter._exec import Tools
 
 VARIANTS = ("iptables", "iptables-nft", "iptables-legacy")
@@ -42,10 +42,10 @@ class IptablesBackend:
         return "nf_tables" in done.stdout
 
     def _has_chain(self, family: int) -> bool:
-        return self.tools.ok([self._cmd(family), *LOCK_WAIT, "-t", "nat", "-S", rules.CHAIN])
+        return self.tools.ok([self._cmd(family), *LOCK_WAIT, "-t", "nat", "-S", render.CHAIN])
 
     def _has_jump(self, family: int) -> bool:
-        return self.tools.ok([self._cmd(family), *LOCK_WAIT, "-t", "nat", "-C", "OUTPUT", "-j", rules.CHAIN])
+        return self.tools.ok([self._cmd(family), *LOCK_WAIT, "-t", "nat", "-C", "OUTPUT", "-j", render.CHAIN])
 
     def _nat_table_exists(self, family: int) -> bool:
         return self.tools.ok(["nft", "list", "table", _NFT_FAMILY[family], "nat"])
@@ -68,7 +68,8 @@ class IptablesBackend:
                 if nf and not self._nat_table_exists(family):
                     created_tables.append(_NFT_FAMILY[family])
                 existed = self._has_chain(family)
-                text = rules.render_iptables(family, port, exclude_uids, with_jump=not self._has_jump(family))
+                jump = not self._has_jump(family)
+                text = render.render_iptables(family, port, exclude_uids, with_jump=jump)
                 self.tools.run([self._cmd(family, "-restore"), "--noflush", *LOCK_WAIT], stdin=text)
                 if not existed:
                     created_families.append(family)
@@ -88,8 +89,8 @@ class IptablesBackend:
                 return False
             lines = ["*nat"]
             if self._has_jump(family):
-                lines.append(f"-D OUTPUT -j {rules.CHAIN}")
-            lines += [f"-F {rules.CHAIN}", f"-X {rules.CHAIN}", "COMMIT", ""]
+                lines.append(f"-D OUTPUT -j {render.CHAIN}")
+            lines += [f"-F {render.CHAIN}", f"-X {render.CHAIN}", "COMMIT", ""]
             self.tools.run([self._cmd(family, "-restore"), "--noflush", *LOCK_WAIT], stdin="\n".join(lines))
         except NetfilterError:
             if not quiet:
@@ -126,5 +127,5 @@ class IptablesBackend:
             if self.tools.which(self._cmd(family, "-save")) is None:
                 continue
             saved = self.tools.run([self._cmd(family, "-save"), "-t", "nat"], check=False).stdout
-            out += [line for line in saved.splitlines() if rules.CHAIN in line]
+            out += [line for line in saved.splitlines() if render.CHAIN in line]
         return "\n".join(out) + ("\n" if out else "")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from metamock.netfilter import rules
+from metamock.netfilter import render
 from metamock.netfilter._exec import Tools
 
 TABLE = ("inet", "metamock")
@@ -27,7 +27,7 @@ class NftBackend:
 
     def apply(self, port: int, ipv6: bool, exclude_uids: Sequence[int]) -> list[str]:
         """Create or replace the table; nft commits all of it or nothing. Creates no other table."""
-        self.tools.run(["nft", "-f", "-"], stdin=rules.render_nft(port, ipv6, exclude_uids))
+        self.tools.run(["nft", "-f", "-"], stdin=render.render_nft(port, ipv6, exclude_uids))
         return []
 
     def remove(self, created_tables: Sequence[str] = ()) -> bool:
