@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from importlib import resources
@@ -150,6 +151,7 @@ class LocalSource:
         self._backoff = RETRY_FIRST
         self._refreshing: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._aws_session: Any = None
         self.on_change: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
@@ -218,6 +220,8 @@ class LocalSource:
     async def _refresh(self) -> None:
         try:
             fetched = await self._fetch()
+            if fetched is None:  # never downgrade real credentials to fake ones mid-run
+                raise UpstreamError("the AWS credential chain found no credentials any more")
         except Exception as exc:  # a background task: anything unexpected must not escape
             now = self._clock.time()
             self._next_attempt = now + self._backoff
@@ -264,11 +268,45 @@ class LocalSource:
     # ---- fetching ------------------------------------------------------------------------
 
     async def _fetch(self) -> _Fetched | None:
-        """One resolution from scratch: the chain, then AssumeRole when a role is asked for."""
+        """One resolution, run on a worker thread with its own event loop.
+
+        botocore does much synchronous work (parsing config and models, building endpoints,
+        signing): 0.2-0.5 s on a cold session. On the serving loop that would stall every IMDS
+        client. The thread is a daemon: a hung STS call never holds up shutdown.
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[_Fetched | None] = loop.create_future()
+
+        def settle(result: _Fetched | None, error: BaseException | None) -> None:
+            if done.done():  # the waiter gave up (close(), cancellation)
+                return
+            if error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(result)
+
+        def work() -> None:
+            try:
+                outcome: tuple[_Fetched | None, BaseException | None] = (
+                    asyncio.run(self._fetch_here()),
+                    None,
+                )
+            except BaseException as exc:  # handed to the serving loop, which decides
+                outcome = (None, exc)
+            with contextlib.suppress(RuntimeError):  # the serving loop is already closed
+                loop.call_soon_threadsafe(settle, *outcome)
+
+        threading.Thread(target=work, name="metamock-aws-credentials", daemon=True).start()
+        return await done
+
+    async def _fetch_here(self) -> _Fetched | None:
+        """The chain, then AssumeRole when a role is asked for; botocore errors translated."""
         from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound  # noqa: PLC0415
 
+        step = "AWS credential chain"
         try:
-            session = self._session()
+            session = self._aws_session or self._session()
+            self._aws_session = session  # reused: its loaded models and config make renewals cheap
             base = await self._from_chain(session)
             if self._role_arn is None:
                 return base
@@ -277,13 +315,14 @@ class LocalSource:
                     "--role-arn",
                     "no AWS credentials to call AssumeRole with (pass --profile NAME or run `aws configure`)",
                 )
+            step = f"AssumeRole of {self._role_arn}"
             return await self._assume_role(session, base)
         except ProfileNotFound as exc:
-            raise SettingsError("--profile", f"profile {self._profile!r} not found") from exc
-        except ClientError as exc:
-            raise UpstreamError(f"AssumeRole of {self._role_arn}: {_one_line(exc)}") from exc
-        except BotoCoreError as exc:
-            raise UpstreamError(f"AWS credential chain: {_one_line(exc)}") from exc
+            name = exc.kwargs.get("profile", self._profile)
+            setting = "--profile" if self._profile else "AWS_PROFILE"
+            raise SettingsError(setting, f"profile {name!r} not found") from exc
+        except (BotoCoreError, ClientError, OSError, RuntimeError, ValueError, KeyError) as exc:
+            raise UpstreamError(f"{step}: {_one_line(exc)}") from exc
 
     def _session(self) -> Any:
         """An AioSession whose configuration comes from `environ`, not os.environ."""
