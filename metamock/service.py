@@ -154,7 +154,10 @@ class Service:
             raise
         await self._start_control()
         if self.settings.watch_config and self.settings.config_path is not None:
-            self._watcher = asyncio.ensure_future(self._watch_config(self.settings.config_path))
+            path = self.settings.config_path
+            # The first look happens now, not when the task first runs: a change made in
+            # between would otherwise be taken for the starting state and missed.
+            self._watcher = asyncio.ensure_future(self._watch_config(path, _file_id(path)))
 
     async def _start_control(self) -> None:
         """The control socket; without it the server still serves (and says why triggers fail)."""
@@ -287,9 +290,8 @@ class Service:
         log.info("config reloaded from %s", path)
         return True
 
-    async def _watch_config(self, path: Path) -> None:
+    async def _watch_config(self, path: Path, last: tuple[int, int, int] | None) -> None:
         """Reload when the file's inode, size or mtime changes (editors replace or rewrite it)."""
-        last = _file_id(path)
         while True:
             await asyncio.sleep(self._watch_interval)
             current = _file_id(path)
