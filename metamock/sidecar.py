@@ -143,73 +143,85 @@ async def run_sidecar(
 ) -> int:
     """Serve and supervise until SIGTERM/SIGINT or a child's final failure; the exit code."""
     exported = exported_variables(options, environb)
-    service = await Service.start(settings)
     loop = asyncio.get_running_loop()
-    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
-    try:
-        _apply_netfilter(service, options, has_net_admin)
-        endpoint = endpoint_url(settings.hosts, service.port)
-        write_exports(options, exported, endpoint)
-        specs = [
-            ChildSpec(
-                name=p.name,
-                argv=p.argv,
-                env=child_environment(environ, exported, endpoint, p, options.allow),
-                restart=options.restart,
-                before_start=p.before_start,
-            )
-            for p in options.programs
-        ]
-        supervisor = Supervisor(specs, grace=options.grace, backoff=options.backoff)
-        stop = asyncio.Event()
-        again = asyncio.Event()
+    stop, again = asyncio.Event(), asyncio.Event()
+    service: Service | None = None
+    supervisor: Supervisor | None = None
 
-        def on_stop(signum: int) -> None:
-            if stop.is_set():
-                again.set()  # a second TERM/INT cuts the stop notice short
-                return
-            log.info("received %s: stopping", signal.Signals(signum).name)
-            stop.set()
+    def on_stop(signum: int) -> None:
+        if stop.is_set():
+            again.set()  # a second TERM/INT cuts the stop notice short
+            return
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        stop.set()
+        if supervisor is not None:
             supervisor.request_stop(signum)
 
-        def on_hup() -> None:
-            supervisor.forward(signal.SIGHUP)
+    def on_forward(signum: int) -> None:
+        if supervisor is not None:
+            supervisor.forward(signum)
+        if signum == signal.SIGHUP and service is not None:
             service.reload_config()
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_stop, sig)
-        loop.add_signal_handler(signal.SIGHUP, on_hup)
-        loop.add_signal_handler(signal.SIGQUIT, supervisor.forward, signal.SIGQUIT)
-        await supervisor.start()
-        log.info(
-            "sidecar ready on port %d with %d program(s): %s",
-            service.port,
-            len(specs),
-            ", ".join(s.name for s in specs) or "none",
-        )
+    # Installed before anything slow: PID 1 silently drops a signal it has no handler for.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_stop, sig)
+    for sig in (signal.SIGHUP, signal.SIGQUIT):
+        loop.add_signal_handler(sig, on_forward, sig)
+    code = 0
+    try:
+        service = await Service.start(settings)
         try:
-            finished = asyncio.ensure_future(supervisor.wait())
-            stopping = asyncio.ensure_future(stop.wait())
-            first: list[asyncio.Future[Any]] = [finished, stopping]
-            await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
-            if stop.is_set():
-                notice = asyncio.ensure_future(service.publish_stop_notice())
-                code = await finished
-                cut = asyncio.ensure_future(again.wait())
-                last: list[asyncio.Future[Any]] = [notice, cut]
-                await asyncio.wait(last, return_when=asyncio.FIRST_COMPLETED)
-                notice.cancel()
-                cut.cancel()
-            else:
-                code = await finished  # a child failed for good: the task is not being stopped
-                log.error("stopping: a program failed (exit code %d)", code)
+            _apply_netfilter(service, options, has_net_admin)
+            endpoint = endpoint_url(settings.hosts, service.port)
+            write_exports(options, exported, endpoint)
+            specs = [
+                ChildSpec(
+                    name=p.name,
+                    argv=p.argv,
+                    env=child_environment(environ, exported, endpoint, p, options.allow),
+                    restart=options.restart,
+                    before_start=p.before_start,
+                )
+                for p in options.programs
+            ]
+            if not stop.is_set():  # a SIGTERM during start-up: start nothing
+                supervisor = Supervisor(specs, grace=options.grace, backoff=options.backoff)
+                code = await _supervise(service, supervisor, stop, again)
         finally:
-            await supervisor.close()
+            await service.stop(stop_notice=False)
     finally:
-        for sig in handled:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
-        await service.stop(stop_notice=False)
     log.info("sidecar stopped (exit code %d)", code)
     return code
+
+
+async def _supervise(
+    service: Service, supervisor: Supervisor, stop: asyncio.Event, again: asyncio.Event
+) -> int:
+    await supervisor.start()
+    names = [c.spec.name for c in supervisor.children]
+    log.info("sidecar ready on port %d; programs: %s", service.port, ", ".join(names) or "none")
+    try:
+        finished = asyncio.ensure_future(supervisor.wait())
+        stopping = asyncio.ensure_future(stop.wait())
+        first: list[asyncio.Future[Any]] = [finished, stopping]
+        await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not stop.is_set():
+            code = await finished  # a child failed for good: the task is not being stopped
+            log.error("stopping: a program failed (exit code %d)", code)
+            return code
+        # Agents stop while the notice is served; the listener closes after both.
+        notice = asyncio.ensure_future(service.publish_stop_notice())
+        code = await finished
+        cut = asyncio.ensure_future(again.wait())
+        last: list[asyncio.Future[Any]] = [notice, cut]
+        await asyncio.wait(last, return_when=asyncio.FIRST_COMPLETED)
+        notice.cancel()
+        cut.cancel()
+        return code
+    finally:
+        await supervisor.close()
