@@ -426,6 +426,31 @@ async def test_assume_role_renews_once_ahead_of_expiry(
     assert len(changes) == 2
 
 
+async def test_assume_role_profile_from_the_chain_renews(
+    moto_server: str,
+    profile_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    source_factory: Any,
+) -> None:
+    # An assume-role profile (role_arn + source_profile) is refreshable chain credentials.
+    # botocore reads AWS_ENDPOINT_URL_STS from the process environment.
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", moto_server)
+    Path(profile_env["AWS_CONFIG_FILE"]).write_text(
+        f"[profile app]\nrole_arn = {ROLE_ARN}\nsource_profile = default\nregion = eu-west-1\n"
+    )
+    clock = ManualClock(start=time.time())
+    src = source_factory(environ=profile_env, profile="app", clock=clock)
+    await src.start()
+    first = src.credentials()
+    assert first.access_key_id.startswith("ASIA")
+    assert first.role_arn == "arn:aws:iam::111122223333:role/metamock-local"
+    assert 3500 < first.expiration - clock.time() <= 3605
+    clock.advance(45 * 60)
+    assert src.credentials() is first
+    second = await wait_for_new_key(src, first)
+    assert second.expiration > first.expiration
+
+
 async def test_assume_role_without_base_credentials(aws_home: dict[str, str]) -> None:
     src = LocalSource(environ=aws_home, role_arn=ROLE_ARN, endpoint_url="http://127.0.0.1:9")
     with pytest.raises(SettingsError, match=r"^--role-arn: no AWS credentials"):
