@@ -241,6 +241,10 @@ class Service:
 
     def _on_timer(self) -> None:
         self._timer = None
+        due = self.next_scenario_change
+        if due is not None and self.clock.time() < due:  # woken early (MAX_TIMER): nothing changed
+            self._arm_timer(due)
+            return
         try:
             self.rebuild()
         except (ValueError, TypeError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -15,10 +16,17 @@ import aiohttp
 import pytest
 
 from metamock import cli
-from metamock.control import ControlServer, _private_dir, call, choose_path, socket_candidates
+from metamock.control import (
+    ControlServer,
+    _private_dir,
+    call,
+    choose_path,
+    find_socket,
+    socket_candidates,
+)
 from metamock.errors import MetamockError
 from tests.conftest import require_root
-from tests.scenarios_support import fetch, scenario_service
+from tests.scenarios_support import fetch, free_port, get, scenario_service, serve_process
 
 
 async def _call(path: Path, request: dict[str, object]) -> dict[str, object]:
@@ -197,3 +205,29 @@ async def test_another_user_cannot_connect(tmp_path: Path) -> None:
         )
         assert done.returncode == 13, done.stderr
         assert service.scenario_status() == []
+
+
+def test_trigger_reaches_a_real_serve_by_its_port() -> None:
+    """End to end: `metamock serve` makes its socket at the default place; `metamock trigger --port`
+    finds it there; the notice is served at once."""
+    port = free_port()
+    with serve_process(port, "--stop-notice", "0") as proc:
+        argv = [sys.executable, "-m", "metamock", "trigger"]
+        done = subprocess.run(
+            [*argv, "spot", "--port", str(port), "--action", "stop", "--in", "60"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        status, body = get(port, "meta-data/spot/instance-action")
+        assert (status, json.loads(body)["action"]) == (200, "stop")
+        done = subprocess.run(
+            [*argv, "--clear", "--port", str(port)], capture_output=True, text=True, timeout=30, check=False
+        )
+        assert (done.returncode, done.stdout) == (0, "cleared 1 scenario(s)\n")
+        assert get(port, "meta-data/spot/instance-action")[0] == 404
+        path = find_socket(port, os.environ)
+        assert path is not None
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    assert not path.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 
@@ -107,6 +108,8 @@ async def test_stop_notice_wins_over_a_scenario_and_keeps_the_rest(tmp_path: Pat
         assert service.tree.get("meta-data/autoscaling/target-lifecycle-state").body == b"Terminated"  # type: ignore[union-attr]
         assert service.tree.get("meta-data/events/recommendations/rebalance") is not None
         task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def test_nothing_reachable_over_tcp_changes_state(tmp_path: Path) -> None:
