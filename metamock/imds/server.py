@@ -12,14 +12,13 @@ import logging
 import re
 import socket
 from collections.abc import Awaitable, Callable
-from email.utils import formatdate
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from metamock.imds.tokens import MAX_TTL, MIN_TTL, TokenSigner
-from metamock.imds.tree import TEXT, Node, Tree
+from metamock.imds.tree import BASE_HEADERS, TEXT, Tree
 from metamock.translate import API_VERSIONS
 
 log = logging.getLogger(__name__)
@@ -42,6 +41,17 @@ NOT_FOUND_BODY = b"""<?xml version="1.0" encoding="iso-8859-1"?>
  </body>
 </html>
 """
+
+
+# Route kinds.
+TOKEN, BAD_TOKEN_PATH, VERSIONS, METADATA, MISSING = range(5)
+_ROUTE_CACHE_MAX = 4096
+
+
+class Route(NamedTuple):
+    kind: int
+    key: str  # the tree path for METADATA
+    iam: bool  # under meta-data/iam/: a miss may be answered after an on-demand credential fetch
 
 
 class TreeHolder(Protocol):
@@ -76,78 +86,92 @@ class ImdsHandler:
         self._hop_limit = hop_limit
         self._hosts = _METADATA_HOSTS | extra_hosts
         self._credential_wait = credential_wait
-        self._base = {"Server": "EC2ws", "Accept-Ranges": "none"}
-
-    def _headers(self, content_type: str, tree: Tree | None = None) -> dict[str, str]:
-        headers = {**self._base, "Content-Type": content_type}
-        if tree is not None:
-            headers["Last-Modified"] = formatdate(tree.built_at, usegmt=True)
-        return headers
+        self._host_verdicts: dict[str, bool] = {}
+        self._routes: dict[str, Route] = {}
+        self._base = BASE_HEADERS
+        self._versions_headers = {**BASE_HEADERS, "Content-Type": TEXT}
+        self._not_found_headers = {**BASE_HEADERS, "Content-Type": "text/html"}
 
     def _empty(self, status: int, **extra: str) -> web.Response:
         return web.Response(status=status, headers={**self._base, "Content-Type": TEXT, **extra})
 
-    def _host_allowed(self, request: web.BaseRequest) -> bool:
-        host = request.headers.get("Host")
-        if host is None:
-            return True  # HTTP/1.0 clients; a browser always sends Host
+    def _host_allowed(self, host: str) -> bool:
+        """Whether a Host header names the metadata service or a loopback listener (no Host at
+        all is HTTP/1.0; browsers always send one)."""
+        known = self._host_verdicts.get(host)
+        if known is not None:
+            return known
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        return name.lower() in self._hosts
+        verdict = name.lower() in self._hosts
+        if len(self._host_verdicts) < 256:  # bounded: hostile clients cannot grow it
+            self._host_verdicts[host] = verdict
+        return verdict
+
+    def _route(self, raw_path: str) -> Route:
+        """What a raw path means, independent of the tree; cached, since clients repeat paths."""
+        route = self._routes.get(raw_path)
+        if route is not None:
+            return route
+        query = raw_path.find("?")
+        raw = raw_path[:query] if query >= 0 else raw_path
+        segments = [s for s in raw.split("/") if s]
+        if len(segments) == 3 and segments[1] == "api" and segments[2] == "token":
+            # EC2 answers 403 to versioned or slash-terminated token paths (observed).
+            exact = segments[0] == "latest" and not raw.endswith("/")
+            route = Route(TOKEN if exact else BAD_TOKEN_PATH, "", False)
+        elif not segments:
+            route = Route(VERSIONS, "", False)
+        elif segments[0] not in _VERSIONS and not _DATED.match(segments[0]):
+            route = Route(MISSING, "", False)
+        else:
+            route = Route(
+                METADATA, "/".join(segments[1:]), len(segments) >= 3 and segments[1:3] == ["meta-data", "iam"]
+            )
+        if len(self._routes) >= _ROUTE_CACHE_MAX:
+            self._routes.clear()  # bounded: unique hostile paths only cost a refill
+        self._routes[raw_path] = route
+        return route
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        raw = request.raw_path
-        query = raw.find("?")
-        if query >= 0:
-            raw = raw[:query]
-        segments = [s for s in raw.split("/") if s]
-        if not self._host_allowed(request):
+        headers = request.headers
+        host = headers.get("Host")
+        if host is not None and not self._host_allowed(host):
             # DNS rebinding guard: a browser tricked into calling us carries a foreign Host.
             return self._empty(403)
+        route = self._route(request.raw_path)
+        kind = route.kind
         method = request.method
-        is_token_path = len(segments) == 3 and segments[1:] == ["api", "token"]
         if method == "PUT":
-            return self._put_token(request, raw, segments, is_token_path)
-        if method not in ("GET", "HEAD"):
-            return self._empty(405, Allow="OPTIONS, PUT" if is_token_path else "GET, HEAD")
-        if is_token_path:
+            if kind == TOKEN:
+                return self._put_token(request)
+            return self._empty(403) if kind == BAD_TOKEN_PATH else self._empty(405, Allow="GET, HEAD")
+        if kind in (TOKEN, BAD_TOKEN_PATH):
             return self._empty(405, Allow="OPTIONS, PUT")
-        token = request.headers.get(TOKEN_HEADER)
+        if method != "GET" and method != "HEAD":  # noqa: PLR1714
+            return self._empty(405, Allow="GET, HEAD")
+        token = headers.get(TOKEN_HEADER)
         if token is None:
             if self._required:
                 return self._empty(401)
         elif not self._signer.valid(token):
             return self._empty(401)
-        if not segments:
-            return web.Response(body=_VERSIONS_BODY, headers=self._headers(TEXT))
-        version = segments[0]
-        if version not in _VERSIONS and not _DATED.match(version):
+        if kind == METADATA:
+            node = self._holder.tree.get(route.key)
+            if node is not None and (node.expires is None or self._holder.now() < node.expires):
+                return web.Response(body=node.body, headers=node.headers)
+            if route.iam and await self._holder.ensure_credentials(self._credential_wait):
+                node = self._holder.tree.get(route.key)
+                if node is not None and (node.expires is None or self._holder.now() < node.expires):
+                    return web.Response(body=node.body, headers=node.headers)
             return self._not_found()
-        path = "/".join(segments[1:])
-        tree = self._holder.tree
-        node = tree.get(path)
-        missing = node is None or _expired(node, self._holder.now())
-        if (
-            missing
-            and _wants_credentials(segments)
-            and await self._holder.ensure_credentials(self._credential_wait)
-        ):
-            tree = self._holder.tree
-            node = tree.get(path)
-        if node is None or _expired(node, self._holder.now()):
-            return self._not_found()
-        return web.Response(body=node.body, headers=self._headers(node.content_type, tree))
+        if kind == VERSIONS:
+            return web.Response(body=_VERSIONS_BODY, headers=self._versions_headers)
+        return self._not_found()
 
     def _not_found(self) -> web.Response:
-        return web.Response(status=404, body=NOT_FOUND_BODY, headers=self._headers("text/html"))
+        return web.Response(status=404, body=NOT_FOUND_BODY, headers=self._not_found_headers)
 
-    def _put_token(
-        self, request: web.BaseRequest, raw: str, segments: list[str], is_token_path: bool
-    ) -> web.Response:
-        if not is_token_path:
-            return self._empty(405, Allow="GET, HEAD")
-        if segments[0] != "latest" or raw.endswith("/"):
-            # EC2 answers 403 to versioned or slash-terminated token paths (observed).
-            return self._empty(403)
+    def _put_token(self, request: web.BaseRequest) -> web.Response:
         if "X-Forwarded-For" in request.headers:
             return self._empty(403)
         ttl_raw = request.headers.get(TTL_HEADER, "")
@@ -159,7 +183,7 @@ class ImdsHandler:
         self._set_hop_limit(request)
         return web.Response(
             body=self._signer.issue(ttl).encode(),
-            headers={**self._headers(TEXT), TTL_HEADER: str(ttl)},
+            headers={**self._versions_headers, TTL_HEADER: str(ttl)},
         )
 
     def _set_hop_limit(self, request: web.BaseRequest) -> None:
@@ -177,14 +201,6 @@ class ImdsHandler:
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, self._hop_limit)
         except OSError as exc:  # pragma: no cover - depends on the socket type
             log.debug("could not set the hop limit: %s", exc)
-
-
-def _expired(node: Node, now: float) -> bool:
-    return node.expires is not None and now >= node.expires
-
-
-def _wants_credentials(segments: list[str]) -> bool:
-    return len(segments) >= 3 and segments[1] == "meta-data" and segments[2] == "iam"
 
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]

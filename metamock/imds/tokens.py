@@ -23,16 +23,22 @@ _RAW_BYTES = 1 + 8 + _MAC_BYTES
 TOKEN_LENGTH = len(base64.urlsafe_b64encode(b"\0" * _RAW_BYTES))
 
 
+# Verified tokens remembered (token -> expiry ms) so a client reusing its token costs one dict
+# lookup; bounded, cleared when full. A token is only ever added after its MAC checked out.
+_CACHE_MAX = 4096
+
+
 class TokenSigner:
     def __init__(self, clock: Clock, key: bytes | None = None) -> None:
         self._clock = clock
         self._key = key or secrets.token_bytes(32)
+        self._verified: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return "TokenSigner(key=****)"
 
     def _mac(self, payload: bytes) -> bytes:
-        return hmac.new(self._key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
+        return hmac.digest(self._key, payload, hashlib.sha256)[:_MAC_BYTES]
 
     def issue(self, ttl: int) -> str:
         """A token valid for `ttl` seconds from now."""
@@ -44,6 +50,9 @@ class TokenSigner:
 
     def valid(self, token: str) -> bool:
         """True when `token` was issued by this signer and has not expired."""
+        known = self._verified.get(token)
+        if known is not None:
+            return bool(known > self._clock.time() * 1000)
         if len(token) != TOKEN_LENGTH:
             return False
         try:
@@ -56,4 +65,7 @@ class TokenSigner:
         if not hmac.compare_digest(mac, self._mac(payload)):
             return False
         (expiry_ms,) = struct.unpack(">Q", payload[1:])
+        if len(self._verified) >= _CACHE_MAX:
+            self._verified.clear()
+        self._verified[token] = expiry_ms
         return bool(expiry_ms > self._clock.time() * 1000)

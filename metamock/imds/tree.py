@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from typing import Any
 
 TEXT = "text/plain"
@@ -25,11 +26,17 @@ class Leaf:
     expires: float | None = None  # epoch seconds after which the leaf must not be served
 
 
+# Headers every answer carries, as EC2 sends them.
+BASE_HEADERS = {"Server": "EC2ws", "Accept-Ranges": "none"}
+
+
 @dataclass
 class Node:
     content_type: str
     is_dir: bool
     expires: float | None = None
+    # The response headers, rendered once per tree (shared between nodes of one content type).
+    headers: dict[str, str] = field(default_factory=dict)
     _body: bytes | None = None
     _render: Callable[[], bytes] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -57,6 +64,14 @@ class Tree:
     def build(cls, root: Mapping[str, Any], built_at: float = 0.0) -> Tree:
         nodes: dict[str, Node] = {}
         _flatten(root, "", nodes)
+        last_modified = formatdate(built_at, usegmt=True)
+        by_type: dict[str, dict[str, str]] = {}
+        for node in nodes.values():
+            headers = by_type.get(node.content_type)
+            if headers is None:
+                headers = {**BASE_HEADERS, "Content-Type": node.content_type, "Last-Modified": last_modified}
+                by_type[node.content_type] = headers
+            node.headers = headers
         return cls(nodes, built_at)
 
     def get(self, path: str) -> Node | None:
