@@ -184,12 +184,16 @@ def test_redirect_rules_and_route(task_ns: NetNS) -> None:
     env = healthy_env()
     del env["AWS_EC2_METADATA_SERVICE_ENDPOINT"]
     try:
-        task_ns.run(["ip", "route", "add", "169.254.169.254/32", "dev", "lo", "src", "127.0.0.1"])
-        _nft(task_ns, PORT)
+        applied = task_ns.run(
+            [PY, "-m", "metamock", "netfilter", "apply", "--port", str(PORT)], cwd=REPO, env=env
+        )
+        assert applied.returncode == 0, applied.stderr
         res = doctor(task_ns, env, "--json", "--offline")
         assert [statuses(res)[n] for n in ("redirect", "route", "endpoint-env")] == ["pass"] * 3, res.stdout
         assert details(res)["redirect"] == f"nft rules send 169.254.169.254:80 to :{PORT}"
-        _nft(task_ns, 9999)
+        task_ns.run([PY, "-m", "metamock", "netfilter", "remove"], cwd=REPO, env=env)
+        task_ns.run(["ip", "route", "add", "169.254.169.254/32", "dev", "lo", "src", "127.0.0.1"])
+        _nft(task_ns, 9999)  # by hand, pointing at the wrong port
         res = doctor(task_ns, env, "--json", "--offline")
         assert res.returncode == 1
         assert statuses(res)["redirect"] == "fail"

@@ -8,9 +8,11 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from metamock.doctor.blocking import in_daemon_thread
 from metamock.doctor.context import DoctorContext
 from metamock.doctor.procfs import CAP_NET_ADMIN, cap_eff, has_cap, read_environ
 from metamock.doctor.report import Check, failed, passed, skipped, warned
+from metamock.errors import MetamockError
 
 NAMES = ("redirect", "route", "endpoint-env")
 IMDS_V4 = "169.254.169.254"
@@ -29,6 +31,7 @@ class Rules:
 
     backend: str | None
     ports: frozenset[int] = frozenset()
+    note: str = ""
 
 
 async def run_command(argv: list[str], timeout: float) -> tuple[int, str]:
@@ -54,33 +57,28 @@ def ports_in(text: str) -> frozenset[int]:
 
 
 async def read_rules(ctx: DoctorContext) -> Rules:
-    """Rules in metamock's own nft table or iptables chain.
+    """What `metamock netfilter status` sees; ports from its record, else from the live listing."""
+    from metamock import netfilter  # noqa: PLC0415 - only needed with CAP_NET_ADMIN
 
-    metamock.netfilter will offer a status(); until then this reads the rules directly.
-    """
-    timeout = ctx.timeouts.command
-    rc, text = await run_command(["nft", "list", "table", "inet", "metamock"], timeout)
-    if rc == 0 and ports_in(text):
-        return Rules("nft", ports_in(text))
-    rc, text = await run_command(["iptables", "-w", "2", "-t", "nat", "-S", "METAMOCK"], timeout)
-    if rc == 0 and ports_in(text):
-        rc_out, output_chain = await run_command(
-            ["iptables", "-w", "2", "-t", "nat", "-S", "OUTPUT"], timeout
-        )
-        if rc_out == 0 and "-j METAMOCK" in output_chain:
-            return Rules("iptables", ports_in(text))
-    return Rules(None)
+    try:
+        status = await in_daemon_thread(lambda: netfilter.status(environ=ctx.environ))
+    except MetamockError as exc:
+        return Rules(None, note=str(exc))
+    if not status.applied:
+        return Rules(None, note=status.note)
+    ports = frozenset({status.port}) if status.port else ports_in(status.rules)
+    return Rules(status.backend or "?", ports, note=status.note)
 
 
 def check_rules(ctx: DoctorContext, rules: Rules) -> Check:
     if rules.backend is None:
         return warned(
             "redirect",
-            f"no redirect rules for {IMDS_V4}:80 (nft table inet metamock / iptables chain METAMOCK)",
+            f"no redirect rules for {IMDS_V4}:80" + (f" ({rules.note})" if rules.note else ""),
             "clients with the address built in (ec2-metadata, curl scripts) miss the server: run "
             f"`metamock netfilter apply --port {ctx.port}` (or `metamock serve --netfilter`)",
         )
-    shown = ", ".join(f":{p}" for p in sorted(rules.ports))
+    shown = ", ".join(f":{p}" for p in sorted(rules.ports)) or "an unknown port"
     if rules.ports != {ctx.port}:
         return failed(
             "redirect",
