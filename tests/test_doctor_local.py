@@ -126,6 +126,12 @@ def test_agents_follow_the_sidecar_command_line(tmp_path: Path) -> None:
     check = process.check_agents(context({}, tmp_path, proc_root=running))
     assert check.status is Status.PASS
     assert "cloudwatch, ssm: all running" in check.detail
+    wrapper = fake_proc(
+        tmp_path / "c",
+        pid1_argv=[*sidecar[:4], "cloudwatch"],
+        others=[["/bin/sh", "/opt/aws/amazon-cloudwatch-agent/bin/start-amazon-cloudwatch-agent"]],
+    )
+    assert process.check_agents(context({}, tmp_path, proc_root=wrapper)).status is Status.PASS
     half = fake_proc(tmp_path / "b", pid1_argv=sidecar, others=[["/usr/bin/amazon-ssm-agent"]])
     check = process.check_agents(context({}, tmp_path, proc_root=half))
     assert check.status is Status.WARN

@@ -18,8 +18,18 @@ from metamock.doctor.procfs import (
 from metamock.doctor.report import Check, passed, skipped, warned
 
 NAMES = ("capabilities", "pid1-environ", "pid1", "dev-log", "agents")
-# `metamock sidecar --agent NAME` -> the executable that preset runs.
-AGENT_BINARIES = {"ssm": "amazon-ssm-agent", "cloudwatch": "amazon-cloudwatch-agent"}
+# `--agent NAME` -> the long-running process (the CloudWatch preset starts through a wrapper).
+AGENT_PROCESSES = {"ssm": "amazon-ssm-agent", "cloudwatch": "amazon-cloudwatch-agent"}
+
+
+def agent_process_names(agent: str) -> set[str]:
+    """Process names that count as `agent` running: its daemon or the preset's entry point."""
+    from metamock.agents import PRESETS  # noqa: PLC0415 - only when a sidecar runs agents
+
+    names = {AGENT_PROCESSES.get(agent, agent)}
+    if agent in PRESETS:
+        names.add(PurePath(PRESETS[agent].argv[0]).name)
+    return names
 
 
 def check_capabilities(ctx: DoctorContext) -> Check:
@@ -115,8 +125,9 @@ def check_agents(ctx: DoctorContext) -> Check:
     wanted = expected_agents(ctx)
     if not wanted:
         return skipped("agents", "no `metamock sidecar --agent` process here")
-    running = {PurePath(argv[0]).name for _, argv in processes(ctx.proc_root)}
-    missing = sorted(a for a in wanted if AGENT_BINARIES.get(a, a) not in running)
+    # argv[1] too: a script started through its #! line shows the interpreter as argv[0].
+    running = {PurePath(a).name for _, argv in processes(ctx.proc_root) for a in argv[:2]}
+    missing = sorted(a for a in wanted if not agent_process_names(a) & running)
     shown = ", ".join(sorted(wanted))
     if missing:
         return warned(
