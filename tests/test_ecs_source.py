@@ -211,7 +211,8 @@ async def test_two_thousand_clients_one_upstream_call(
     agent.rotate()
     agent.delay = 0.1
     before = agent.calls["credentials"]
-    results = await asyncio.gather(*(source.credentials_within(0.5) for _ in range(2000)))
+    # A generous timeout: this test is about upstream calls (waiting is bounded elsewhere).
+    results = await asyncio.gather(*(source.credentials_within(3.0) for _ in range(2000)))
     assert agent.calls["credentials"] - before == 1
     assert {c.access_key_id if c else None for c in results} == {"ASIAROTATED000000001"}
 

@@ -84,6 +84,7 @@ class CredentialCache:
         self._loop_task: asyncio.Task[None] | None = None
         self._last_problem = ""
         self._closed = False
+        self._waiters: list[asyncio.Future[None]] = []  # callers of within() on this fetch
 
     def current(self) -> Credentials | None:
         """The cached credentials while they are valid at all, else None."""
@@ -97,10 +98,18 @@ class CredentialCache:
         creds = self.current()
         if creds is not None:
             return creds
-        task = self._shared_fetch(force=False)
-        if task is not None:
-            # asyncio.wait neither cancels the shared task on timeout nor raises.
-            await asyncio.wait({task}, timeout=timeout)
+        if self._shared_fetch(force=False) is None:
+            return None
+        # One bare future per waiter, all released together when the fetch ends: O(n) for n
+        # waiters (asyncio.wait on the shared task would add and remove n done-callbacks: O(n²)).
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        timer = loop.call_later(timeout, _release, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
         return self.current()
 
     async def refresh(self) -> Credentials | None:
@@ -133,8 +142,14 @@ class CredentialCache:
         if not force and self._clock.monotonic() < self._not_before:
             return None
         task = asyncio.create_task(self._fetch_once(), name="metamock-ecs-credentials-fetch")
+        task.add_done_callback(self._fetch_done)
         self._inflight = task
         return task
+
+    def _fetch_done(self, _task: asyncio.Task[Credentials | None]) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            _release(waiter)
 
     async def _fetch_once(self) -> Credentials | None:
         try:
@@ -213,3 +228,8 @@ class CredentialCache:
             except Exception as exc:  # keep refreshing whatever happened
                 log.error("credential refresh loop: unexpected %s", type(exc).__name__)
                 await self._sleep(self.policy.backoff_cap)
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
