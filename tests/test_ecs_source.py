@@ -150,7 +150,7 @@ async def test_start_gives_up_with_one_line_naming_the_url(
     started = loop.time()
     with pytest.raises(UpstreamError) as info:
         await source.start()
-    assert loop.time() - started < 2.5
+    assert loop.time() - started < 4.0  # the 1 s deadline, one request, and slack
     message = str(info.value)
     assert "\n" not in message
     assert f"127.0.0.1:{agent.port}/v4/" in message
