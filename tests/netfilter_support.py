@@ -7,10 +7,12 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import REPO, NetNS
+from tests.conftest import REPO, NetNS, make_netns
 
 GOLDEN = REPO / "tests" / "golden" / "netfilter"
 PORT = 1338
@@ -22,6 +24,27 @@ BACKENDS = {
     "iptables-legacy": ("iptables", "iptables-legacy"),
 }
 _COUNTERS = re.compile(r"\[\d+:\d+\]")
+
+
+@contextmanager
+def bare_netns() -> Iterator[NetNS]:
+    """A namespace with lo and 169.254.170.2 but no IMDS routes; drops its state file after."""
+    space = make_netns(imds_routes=False)
+    try:
+        yield space
+    finally:
+        ino = space.run(["stat", "-L", "-c", "%i", "/proc/self/ns/net"]).stdout.strip()
+        space.close()
+        (Path("/run/metamock") / f"netfilter-{ino}.json").unlink(missing_ok=True)
+
+
+def prepare(ns: NetNS, backend: str) -> tuple[list[str], dict[str, str]]:
+    """CLI options and environment for `backend`; legacy tables exist as on a legacy host."""
+    cli_backend, variant = BACKENDS[backend]
+    if variant == "iptables-legacy":
+        for tool in ("iptables-legacy", "ip6tables-legacy"):
+            assert ns.run([tool, "-w", "-t", "nat", "-S"]).returncode == 0
+    return ["--backend", cli_backend], env(variant)
 
 
 def env(variant: str | None = None, path_prefix: Path | None = None) -> dict[str, str]:

@@ -10,6 +10,7 @@ added is recorded per network namespace under /run/metamock/ (`state.py`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ __all__ = [
     "status",
 ]
 
+log = logging.getLogger(__name__)
 BACKENDS = ("auto", "nft", "iptables")
 ENDPOINT_ADVICE = endpoint_advice
 IPTABLES_ENV = "METAMOCK_IPTABLES"  # iptables | iptables-nft | iptables-legacy
@@ -98,6 +100,7 @@ def apply(
     """Redirect IMDS traffic of this namespace to 127.0.0.1:`port`; returns the backend used.
 
     Idempotent (twice == once). On any failure, what this call added is undone before raising.
+    `ipv6` adds [fd00:ec2::254]:80 where the namespace has IPv6 at all.
     """
     if not 0 < port < 65536:
         raise NetfilterError(f"port {port}: expected 1..65535")
@@ -107,6 +110,10 @@ def apply(
     if backend not in BACKENDS:
         raise NetfilterError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     require_net_admin(port)
+    if ipv6 and not routes.ipv6_available():
+        # IPv6 is off here, so no client can use the IPv6 address: redirect IPv4 alone.
+        log.warning("IPv6 is disabled in this network namespace; redirecting IPv4 only")
+        ipv6 = False
     tools, path = Tools.from_environ(environ), state.state_path(state_dir)
     previous = state.load(path)
     chosen = _pick(backend, tools, _variant(environ))

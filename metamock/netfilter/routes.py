@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from metamock.errors import NetfilterError
@@ -48,6 +49,14 @@ class Route:
 
 WANTED_V4 = Route(IMDS_V4, 32, "127.0.0.1")  # without src the kernel picks 0.0.0.0: no replies
 WANTED_V6 = Route(IMDS_V6, 128)
+
+
+def ipv6_available(proc_sys: Path = Path("/proc/sys/net/ipv6/conf/lo/disable_ipv6")) -> bool:
+    """False where IPv6 is off in this namespace (Docker's default for IPv4-only networks)."""
+    try:
+        return proc_sys.read_text(encoding="ascii").strip() == "0"
+    except OSError:
+        return False
 
 
 def wanted(ipv6: bool) -> list[Route]:
