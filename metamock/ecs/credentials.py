@@ -142,14 +142,11 @@ class CredentialCache:
         if not force and self._clock.monotonic() < self._not_before:
             return None
         task = asyncio.create_task(self._fetch_once(), name="metamock-ecs-credentials-fetch")
-        task.add_done_callback(self._fetch_done)
-        self._inflight = task
+        # Each fetch releases its own waiters, never those of a fetch started after it.
+        waiters: list[asyncio.Future[None]] = []
+        task.add_done_callback(lambda _: _release_all(waiters))
+        self._inflight, self._waiters = task, waiters
         return task
-
-    def _fetch_done(self, _task: asyncio.Task[Credentials | None]) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            _release(waiter)
 
     async def _fetch_once(self) -> Credentials | None:
         try:
@@ -233,3 +230,8 @@ class CredentialCache:
 def _release(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+def _release_all(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        _release(waiter)
