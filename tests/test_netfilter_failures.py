@@ -137,8 +137,11 @@ def test_remove_without_state_file_still_cleans_up(ns: NetNS) -> None:
 
 
 def test_switching_options_and_backends_keeps_one_copy(ns: NetNS) -> None:
+    _, legacy = prepare(ns, "iptables-legacy")
     before = snapshot(ns)
-    assert metamock(ns, "netfilter", "apply", "--backend", "iptables").returncode == 0
+    assert metamock(ns, "netfilter", "apply", "--backend", "iptables", env=legacy).returncode == 0
+    assert metamock(ns, "netfilter", "apply", "--backend", "iptables").returncode == 0  # iptables-nft
+    assert ruleset(ns).count("-A OUTPUT -j METAMOCK") == 2  # IPv4 + IPv6 of one variant only
     assert metamock(ns, "netfilter", "apply", "--backend", "nft", "--no-ipv6").returncode == 0
     only_nft = ruleset(ns)
     assert "METAMOCK" not in only_nft

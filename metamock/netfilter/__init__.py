@@ -123,16 +123,16 @@ def apply(
     except BaseException:
         routes.remove(added)  # the backend already undid its own part
         raise
-    nat_tables = set(created)
-    if previous is not None and previous.backend == chosen.name:
-        nat_tables |= set(previous.nat_tables)
+    variant = chosen.variant if isinstance(chosen, IptablesBackend) else None
+    same = previous is not None and (previous.backend, previous.iptables) == (chosen.name, variant)
+    nat_tables = set(created) | (set(previous.nat_tables) if previous is not None and same else set())
     record = state.Applied(
         backend=chosen.name,
         port=port,
         ipv6=ipv6,
         exclude_uids=uids,
         routes=tuple(kept + added),
-        iptables=chosen.variant if isinstance(chosen, IptablesBackend) else None,
+        iptables=variant,
         nat_tables=tuple(sorted(nat_tables)),
     )
     try:
@@ -142,8 +142,8 @@ def apply(
         chosen.remove(record.nat_tables)
         routes.remove(added)
         raise
-    if previous is not None and previous.backend != chosen.name:
-        _remove_rules(previous, tools, environ)  # switching backends: keep only the new one
+    if previous is not None and not same:
+        _remove_rules(previous, tools, environ)  # switching backend or variant: keep only the new one
     return chosen.name
 
 
