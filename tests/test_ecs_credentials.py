@@ -238,3 +238,14 @@ async def test_a_cancelled_waiter_does_not_disturb_the_others(
     assert creds is not None
     assert gone.cancelled()
     assert agent.calls["credentials"] == 1
+
+
+async def test_a_failing_change_listener_does_not_stop_the_cache(
+    make_cache: MakeCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken() -> None:
+        raise RuntimeError("listener bug")
+
+    cache = make_cache(on_change=broken)
+    assert await cache.refresh() is not None
+    assert "change listener failed: RuntimeError" in caplog.text

@@ -173,7 +173,7 @@ class CredentialCache:
             self._current = fresh
             log.info("credentials %s obtained, valid for %.0f s", key_hint(fresh.access_key_id), life)
             if self._on_change is not None:
-                self._on_change()
+                notify(self._on_change)
         if self._last_problem:
             log.info("credentials upstream recovered")
             self._last_problem = ""
@@ -235,3 +235,11 @@ def _release(waiter: asyncio.Future[None]) -> None:
 def _release_all(waiters: list[asyncio.Future[None]]) -> None:
     for waiter in waiters:
         _release(waiter)
+
+
+def notify(callback: Callable[[], None]) -> None:
+    """Call a change listener; its failure must not stop the refreshes (logs the type only)."""
+    try:
+        callback()
+    except Exception as exc:  # the listener's bug is logged, the cache goes on
+        log.error("credentials change listener failed: %s", type(exc).__name__)

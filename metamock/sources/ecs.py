@@ -16,7 +16,7 @@ import aiohttp
 from metamock import __version__
 from metamock.clock import Clock, SystemClock
 from metamock.ecs.client import EcsClient, Endpoints, Throttled
-from metamock.ecs.credentials import Backoff, CredentialCache, RefreshPolicy, Sleep
+from metamock.ecs.credentials import Backoff, CredentialCache, RefreshPolicy, Sleep, notify
 from metamock.errors import UpstreamError
 from metamock.sources.base import Credentials, TaskFacts
 
@@ -125,7 +125,7 @@ class EcsSource:
 
     def _changed(self) -> None:
         if self.on_change is not None:
-            self.on_change()
+            notify(self.on_change)
 
     def _partition(self) -> str:
         arn = self._facts.task.get("TaskARN") if self._facts else None
