@@ -154,10 +154,9 @@ class Service:
             raise
         await self._start_control()
         if self.settings.watch_config and self.settings.config_path is not None:
-            path = self.settings.config_path
-            # The first look happens now, not when the task first runs: a change made in
-            # between would otherwise be taken for the starting state and missed.
-            self._watcher = asyncio.ensure_future(self._watch_config(path, _file_id(path)))
+            # No baseline: the first check reloads, so an edit made between reading the file at
+            # start-up and the first look is not taken for the starting state (unchanged = no-op).
+            self._watcher = asyncio.ensure_future(self._watch_config(self.settings.config_path, None))
 
     async def _start_control(self) -> None:
         """The control socket; without it the server still serves (and says why triggers fail)."""
@@ -279,6 +278,9 @@ class Service:
         previous_config, previous_book = self.config, copy.deepcopy(self.scenarios)
         try:
             config = ConfigFile.read(path)
+            if config == previous_config:
+                log.debug("config %s unchanged", path)
+                return True
             self.config = config
             self.scenarios.load_config(config.scenarios, self.clock.time())
             try:
