@@ -9,7 +9,7 @@ from pathlib import Path
 
 from metamock.doctor.context import DoctorContext, Timeouts
 from metamock.doctor.report import Check, render_human, render_json
-from tests.fakes.ecs_agent import AUTH_TOKEN, FIXTURES
+from tests.fakes.ecs_agent import AUTH_TOKEN, CRED_ID, FIXTURES
 
 _CREDS = json.loads((FIXTURES / "credentials.json").read_text())
 # Everything that must never appear in doctor's output, in any format or status.
@@ -18,6 +18,7 @@ SECRETS = (
     _CREDS["Token"],
     _CREDS["AccessKeyId"],
     AUTH_TOKEN,
+    CRED_ID,
     "rotatedSecret",
     "rotatedToken",
 )

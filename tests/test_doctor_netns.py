@@ -138,11 +138,11 @@ def test_stale_credentials_id_and_unreachable_sts_fail(task_ns: NetNS) -> None:
     )
     res = doctor(task_ns, env, "--json")
     assert res.returncode == 1
-    assert statuses(res)["credentials-endpoint"] == "fail"
+    assert statuses(res)["credentials-endpoint"] == "fail", res.stdout
     assert "HTTP 400 InvalidIdInRequest" in details(res)["credentials-endpoint"]
     assert statuses(res)["sts"] == "skip"
     res = doctor(task_ns, healthy_env(AWS_ENDPOINT_URL_STS="http://127.0.0.1:9"), "--json")
-    assert statuses(res)["sts"] == "fail"
+    assert statuses(res)["sts"] == "fail", res.stdout
 
 
 def test_proxy_catching_imds_fails(task_ns: NetNS) -> None:

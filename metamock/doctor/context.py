@@ -16,7 +16,7 @@ DEFAULT_PORT = 1338
 class Timeouts:
     """Seconds. Checks run concurrently, so a run takes about `group` at worst."""
 
-    request: float = 1.5  # one HTTP request (connect + answer)
+    request: float = 2.0  # one HTTP request (connect + answer)
     command: float = 2.0  # one nft / iptables / ip invocation
     sts: float = 3.0  # connect and read timeout handed to botocore
     group: float = 6.0  # one group of checks, whatever it waits on

@@ -34,6 +34,13 @@ class Endpoint:
     token_file: str | None = None
     token: Secret | None = None
 
+    @property
+    def shown(self) -> str:
+        """The URL without the credentials id: on ECS on EC2 that id is all that guards the role."""
+        if self.url.startswith(ECS_AGENT + "/v2/credentials/"):
+            return ECS_AGENT + "/v2/credentials/****"
+        return self.url
+
 
 def endpoint_of(environ: Mapping[str, str]) -> Endpoint | None:
     """Where botocore would fetch container credentials: RELATIVE beats FULL, FILE beats token."""
@@ -137,7 +144,7 @@ async def fetch_container_credentials(ctx: DoctorContext, ep: Endpoint) -> Crede
         raise CheckFailed(
             failed(
                 name,
-                f"GET {ep.url}: {exc}",
+                f"GET {ep.shown}: {exc}",
                 "the credentials endpoint is not reachable from this network namespace: run in "
                 "the task's network and do not proxy or firewall 169.254.170.2",
             )

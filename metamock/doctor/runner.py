@@ -65,6 +65,9 @@ async def run_checks(ctx: DoctorContext, groups: Sequence[Group] = GROUPS) -> li
     """All checks, in a fixed order, with secrets scrubbed from every detail and fix."""
     for name in SECRET_VARIABLES:
         ctx.redactor.add(ctx.environ.get(name))
+    # The credentials id in the relative URI is a bearer capability on ECS on EC2.
+    relative = ctx.environ.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "")
+    ctx.redactor.add(relative.rstrip("/").rsplit("/", 1)[-1])
     results = await asyncio.gather(*(_run_group(ctx, g) for g in groups))
     scrub = ctx.redactor.scrub
     return [Check(c.name, c.status, scrub(c.detail), scrub(c.fix)) for checks in results for c in checks]
