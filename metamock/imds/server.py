@@ -103,7 +103,7 @@ class ImdsHandler:
             return known
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         verdict = name.lower() in self._hosts
-        if len(self._host_verdicts) < 256:  # bounded: hostile clients cannot grow it
+        if len(self._host_verdicts) < 256 and len(host) <= 256:  # bounded: hostile clients cannot grow it
             self._host_verdicts[host] = verdict
         return verdict
 
@@ -127,6 +127,8 @@ class ImdsHandler:
             route = Route(
                 METADATA, "/".join(segments[1:]), len(segments) >= 3 and segments[1:3] == ["meta-data", "iam"]
             )
+        if len(raw_path) > 256:  # bounded in bytes too: 4096 hostile 16 KiB paths would hold 128 MiB
+            return route
         if len(self._routes) >= _ROUTE_CACHE_MAX:
             self._routes.clear()  # bounded: unique hostile paths only cost a refill
         self._routes[raw_path] = route
