@@ -34,6 +34,8 @@ curl -sf --max-time 3 http://169.254.169.254/latest/meta-data/instance-id > "$DI
 (sleep 0.3 &)
 (sleep 0.4 &)
 trap 'echo "$name $(date +%s%N)" >> "$DIR/terms"; sleep 0.2; exit 0' TERM
+trap 'echo "$name hup" >> "$DIR/signals"' HUP
+trap 'echo "$name quit" >> "$DIR/signals"' QUIT
 echo ready > "$DIR/$name.ready"
 while :; do sleep 0.05; done
 """
@@ -166,6 +168,18 @@ def test_sidecar_as_pid1(ecs_netns: NetNS, tmp_path: Path) -> None:
         time.sleep(0.6)
         assert "Z" not in states_of_children(pid1)
         assert "reaped orphan" in log.read_text()
+
+        # SIGHUP and SIGQUIT are forwarded to every agent.
+        os.kill(pid1, signal.SIGHUP)
+        os.kill(pid1, signal.SIGQUIT)
+        signals = tmp_path / "signals"
+        until(lambda: signals.exists() and len(signals.read_text().split("\n")) > 4, 5, "forwarding", log)
+        assert sorted(signals.read_text().splitlines()) == [
+            "first hup",
+            "first quit",
+            "second hup",
+            "second quit",
+        ]
 
         began = time.monotonic()
         os.kill(pid1, signal.SIGTERM)
