@@ -84,7 +84,7 @@ def task_ns() -> Iterator[NetNS]:
             stderr=subprocess.DEVNULL,
         )
         wait_http(ns, "http://169.254.170.2/_calls")
-        ns.popen(
+        serve = ns.popen(
             [PY, "-m", "metamock", "serve", "--source", "ecs", "--port", str(PORT), "--stop-notice", "0"],
             cwd=REPO,
             env=env,
@@ -93,6 +93,8 @@ def task_ns() -> Iterator[NetNS]:
         wait_http(ns, f"http://127.0.0.1:{PORT}/latest/meta-data/")
         wait_http(ns, f"http://127.0.0.1:{MOTO_PORT}/moto-api/data.json", timeout=30)
         yield ns
+        serve.terminate()  # a graceful stop removes the server's control socket
+        serve.wait(timeout=10)
     finally:
         ns.close()
 
