@@ -277,3 +277,17 @@ def test_everything_hanging_finishes_in_time(netns: NetNS) -> None:
     seen = statuses(res)
     assert (seen["tmde"], seen["credentials-endpoint"], seen["server"]) == ("fail", "fail", "fail")
     assert "no answer within" in details(res)["server"]
+
+
+def test_unprivileged_user_cannot_read_pid1(netns: NetNS) -> None:
+    """A non-root app container: no capabilities, PID 1 (root) unreadable."""
+    inner = (
+        "setpriv --reuid=65534 --regid=65534 --clear-groups "
+        f"{PY} -m metamock doctor --json --offline --port {PORT}; true"
+    )
+    res = netns.run([*IN_PIDNS, "sh", "-c", inner], env=clean_env(), cwd=REPO)
+    assert_no_secrets(res.stdout, res.stderr)
+    seen = statuses(res)
+    assert (seen["capabilities"], seen["pid1-environ"], seen["redirect"]) == ("warn", "warn", "skip")
+    assert details(res)["pid1-environ"] == "/proc/1/environ: permission denied"
+    assert "PID 1: unreadable" in details(res)["endpoint-env"]
