@@ -14,10 +14,12 @@ each connection's `RequestHandler` in a thin protocol that:
   bounds request bodies: no IMDS path takes one).
 
 The end of the headers is found by looking for CRLF CRLF in the bytes as they arrive (a 3-byte
-tail carries a terminator split across reads); that costs one `rfind` per read. Deadlines are
-kept as numbers and enforced by one sweeper timer per server that runs only while connections
-are open, so a request costs no timer calls. Idle time is counted from the end of a request's
-headers: metamock's handler answers within its bounded credential wait (0.5 s), far below it.
+tail carries a terminator split across reads). Deadlines are numbers enforced by one sweeper
+timer per server that runs only while connections are open, so a request costs no timer call;
+the hot path (an idle keep-alive connection sending whole requests) costs one `endswith` and a
+flag the sweeper turns into a new idle deadline. Idle time is counted from the end of a
+request's headers, to within a sweep: metamock's handler answers within its bounded credential
+wait (0.5 s), far below it.
 
     server = LimitedServer(handler, limits=ConnectionLimits(), access_log=None)
     runner = web.ServerRunner(server)          # TCPSite works unchanged
@@ -99,7 +101,13 @@ class ConnectionGuard:
         self._sweeper = None
         assert self._loop is not None
         now = self._loop.time()
-        for conn in [c for c in self.live if c.deadline <= now]:
+        expired = []
+        for conn in self.live:
+            if conn.fresh:
+                conn.renew(now)
+            elif conn.deadline <= now:
+                expired.append(conn)
+        for conn in expired:
             conn.expire()
         if self.live:
             self._sweeper = self._loop.call_later(self.limits.sweep_interval, self._sweep)
@@ -114,7 +122,7 @@ class ConnectionGuard:
 class LimitedProtocol(asyncio.Protocol):
     """One connection: tracks where the client is in its request, then hands bytes to aiohttp."""
 
-    __slots__ = ("_guard", "_inner", "_make", "_pending", "_tail", "_transport", "deadline")
+    __slots__ = ("_guard", "_inner", "_make", "_pending", "_tail", "_transport", "deadline", "fresh")
 
     def __init__(self, guard: ConnectionGuard, make: Callable[[], RequestHandler]) -> None:
         self._guard = guard
@@ -123,6 +131,7 @@ class LimitedProtocol(asyncio.Protocol):
         self._transport: asyncio.BaseTransport | None = None
         self._pending = 0  # bytes of an unfinished request head; -1 when between requests
         self._tail = b""
+        self.fresh = False
         self.deadline = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -138,14 +147,27 @@ class LimitedProtocol(asyncio.Protocol):
         inner = self._inner
         if inner is None:
             return
+        if self._pending < 0 and data.endswith(_END):
+            # The hot path: an idle keep-alive connection sends whole requests. The sweeper
+            # renews the idle deadline when it sees `fresh`, so this costs no clock read.
+            self.fresh = True
+            inner.data_received(data)
+            return
+        self._track(data)
+        if self._pending > self._guard.limits.max_header_bytes:
+            self.expire()
+            return
+        inner.data_received(data)
+
+    def _track(self, data: bytes) -> None:
+        """Where the client is after `data`: between requests, or `_pending` bytes into a head."""
         end = data.rfind(_END)
         if end >= 0:
             end += 4
-        elif self._tail:
+        elif self._pending >= 0 and self._tail:  # a terminator split across reads
             joint = (self._tail + data[:3]).find(_END)
             if joint >= 0:
                 end = joint + 4 - len(self._tail)
-        self._tail = data[-3:] if len(data) >= 3 else (self._tail + data)[-3:]
         limits = self._guard.limits
         if end >= 0:
             trailing = len(data) - end
@@ -160,10 +182,16 @@ class LimitedProtocol(asyncio.Protocol):
             self.deadline = self._guard.now() + limits.header_timeout
         else:
             self._pending += len(data)
-        if self._pending > limits.max_header_bytes:
-            self.expire()
-            return
-        inner.data_received(data)
+        if self._pending < 0:
+            self._tail = b""
+        else:
+            self._tail = data[-3:] if len(data) >= 3 else (self._tail + data)[-3:]
+
+    def renew(self, now: float) -> None:
+        """Called by the sweeper: an idle connection that served requests since the last sweep."""
+        self.fresh = False
+        if self._pending < 0:
+            self.deadline = now + self._guard.limits.idle_timeout
 
     def expire(self) -> None:
         """Close now: a deadline passed or the head grew too large."""
