@@ -124,7 +124,7 @@ def _apply_netfilter(service: Service, options: SidecarOptions, has_net_admin: b
             advice,
         )
         return
-    from metamock import netfilter  # noqa: PLC0415 - only when privileged
+    from metamock import netfilter  # imported only when privileged
 
     try:
         service.netfilter_backend = netfilter.apply(service.port)
@@ -168,9 +168,13 @@ async def run_sidecar(
         loop.add_signal_handler(sig, on_stop, sig)
     for sig in (signal.SIGHUP, signal.SIGQUIT):
         loop.add_signal_handler(sig, on_forward, sig)
+    log.debug("signal handlers installed; starting the server")
     code = 0
     try:
-        service = await Service.start(settings)
+        service = await _start_unless_stopped(settings, stop)
+        if service is None:
+            log.info("stopped during start-up")
+            return 0
         try:
             _apply_netfilter(service, options, has_net_admin)
             endpoint = endpoint_url(settings.hosts, service.port)
@@ -196,6 +200,21 @@ async def run_sidecar(
                 loop.remove_signal_handler(sig)
     log.info("sidecar stopped (exit code %d)", code)
     return code
+
+
+async def _start_unless_stopped(settings: Settings, stop: asyncio.Event) -> Service | None:
+    """Start the service; None when a SIGTERM comes first (ECS retries can take ~10 s)."""
+    starting = asyncio.ensure_future(Service.start(settings))
+    stopping = asyncio.ensure_future(stop.wait())
+    both: list[asyncio.Future[Any]] = [starting, stopping]
+    await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if starting.done():
+        return starting.result()
+    starting.cancel()
+    with contextlib.suppress(asyncio.CancelledError, MetamockError):
+        await starting
+    return None
 
 
 async def _supervise(

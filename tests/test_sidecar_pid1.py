@@ -224,3 +224,19 @@ def test_sigkill_after_grace_is_137(ecs_netns: NetNS, tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_sigterm_during_start_up_exits_0(netns: NetNS, tmp_path: Path) -> None:
+    # No fake ECS agent: the server keeps retrying the task metadata, as on a slow start.
+    proc, pid1, log = start_sidecar(netns, tmp_path, "--run", "never=/bin/false")
+    try:
+        until(lambda: "starting the server" in log.read_text(), 20, "handlers installed", log)
+        began = time.monotonic()
+        os.kill(pid1, signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0, log.read_text()[-4000:]
+        assert time.monotonic() - began < 3
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "sidecar ready" not in log.read_text()
+    assert "never: started" not in log.read_text()

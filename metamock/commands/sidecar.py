@@ -84,7 +84,7 @@ def options_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> S
 
 
 def _has_net_admin() -> bool:
-    from metamock.netfilter.privilege import has_net_admin  # noqa: PLC0415
+    from metamock.netfilter.privilege import has_net_admin
 
     try:
         return has_net_admin(Path("/proc/self/status").read_text(encoding="ascii", errors="replace"))
