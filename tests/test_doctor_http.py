@@ -4,6 +4,7 @@ shape), the server, STS against moto_server, and the runner's time bound."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -139,8 +140,6 @@ async def test_token_file_readable_and_unreadable(agent: FakeEcsAgent, tmp_path:
 async def test_token_file_that_is_a_fifo_does_not_hang(agent: FakeEcsAgent, tmp_path: Path) -> None:
     env = pod_identity_env(agent)
     fifo = tmp_path / "fifo"
-    import os  # noqa: PLC0415
-
     os.mkfifo(fifo)
     env["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"] = str(fifo)
     checks = await asyncio.wait_for(_run(credentials.checks, context(env, tmp_path)), 5)

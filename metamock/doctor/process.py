@@ -24,7 +24,7 @@ AGENT_PROCESSES = {"ssm": "amazon-ssm-agent", "cloudwatch": "amazon-cloudwatch-a
 
 def agent_process_names(agent: str) -> set[str]:
     """Process names that count as `agent` running: its daemon or the preset's entry point."""
-    from metamock.agents import PRESETS  # noqa: PLC0415 - only when a sidecar runs agents
+    from metamock.agents import PRESETS  # only when a sidecar runs agents
 
     names = {AGENT_PROCESSES.get(agent, agent)}
     if agent in PRESETS:

@@ -58,7 +58,7 @@ def ports_in(text: str) -> frozenset[int]:
 
 async def read_rules(ctx: DoctorContext) -> Rules:
     """What `metamock netfilter status` sees; ports from its record, else from the live listing."""
-    from metamock import netfilter  # noqa: PLC0415 - only needed with CAP_NET_ADMIN
+    from metamock import netfilter  # only needed with CAP_NET_ADMIN
 
     try:
         status = await in_daemon_thread(lambda: netfilter.status(environ=ctx.environ))

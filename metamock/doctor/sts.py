@@ -18,8 +18,8 @@ _REJECTED_CODES = {"ExpiredToken", "InvalidClientTokenId", "AccessDenied", "Unre
 
 
 def _caller_identity(ctx: DoctorContext, creds: Credentials) -> dict[str, Any]:
-    import botocore.session  # noqa: PLC0415 - heavy, and only this check needs it
-    from botocore.config import Config  # noqa: PLC0415
+    import botocore.session  # heavy, and only this check needs it
+    from botocore.config import Config
 
     env = ctx.environ
     session = botocore.session.Session()
