@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 PORT = 1338
 STOP_NOTICE = 1
-GRACE = 5
+GRACE = 8
 IMAGE_UID = 1338
 STATIC_KEY = "AKIASTATICKEYEXAMPLE"
 # The fake agent: dumps its environment, then waits; on SIGTERM it says so and exits 0.
@@ -253,5 +253,5 @@ def test_sigterm_stops_everything_with_exit_code_zero(container: Container) -> N
     elapsed = time.monotonic() - started
     logs = container.log.read_text(errors="replace")[-3000:]
     assert code == 0, logs
-    assert elapsed < STOP_NOTICE + GRACE + 5, f"took {elapsed:.1f}s"
+    assert elapsed < GRACE, f"took {elapsed:.1f}s, more than the grace period"
     assert (container.out / "probe.stopped").read_text().strip() == "TERM", logs
