@@ -39,10 +39,10 @@ MAX_TIMER = 60.0  # re-check scenario times at least this often (the wall clock 
 def make_source(settings: Settings, clock: Clock) -> MetadataSource:
     """The source `settings` asks for; imports only that source's module."""
     if settings.resolved_source() == "ecs":
-        from metamock.sources.ecs import EcsSource  # noqa: PLC0415
+        from metamock.sources.ecs import EcsSource
 
         return EcsSource(settings.environ, clock=clock, role_name=settings.config.role_name)
-    from metamock.sources.local import LocalSource  # noqa: PLC0415
+    from metamock.sources.local import LocalSource
 
     return LocalSource(
         task_document=dict(settings.task_metadata) if settings.task_metadata else None,
@@ -143,7 +143,7 @@ class Service:
         try:
             await self._listen()
             if self.settings.netfilter:
-                from metamock import netfilter  # noqa: PLC0415
+                from metamock import netfilter
 
                 self.netfilter_backend = netfilter.apply(self.port)
                 log.info("netfilter redirect applied (%s backend)", self.netfilter_backend)
@@ -332,7 +332,7 @@ class Service:
             self.control = None
         try:
             if self.netfilter_backend is not None:
-                from metamock import netfilter  # noqa: PLC0415
+                from metamock import netfilter
 
                 netfilter.remove()
                 self.netfilter_backend = None
