@@ -141,14 +141,17 @@ class Service:
         self._runner = web.ServerRunner(make_server(handler), handle_signals=False)
         await self._runner.setup()
         try:
+            # The redirect goes in before anything listens (when the port is known), so clients
+            # are never told "ready" before 169.254.169.254 reaches us; until we listen they get
+            # "connection refused" from lo, never the real IMDS.
+            if self.settings.netfilter and self.port != 0:
+                await self._apply_netfilter()
             await self._listen()
-            if self.settings.netfilter:
-                from metamock import netfilter
-
-                self.netfilter_backend = netfilter.apply(self.port)
-                log.info("netfilter redirect applied (%s backend)", self.netfilter_backend)
+            if self.settings.netfilter and self.netfilter_backend is None:
+                await self._apply_netfilter()
         except BaseException:
             self._cancel_timer()
+            await self._remove_netfilter()
             await self._runner.cleanup()
             await self.source.close()
             raise
@@ -157,6 +160,22 @@ class Service:
             # No baseline: the first check reloads, so an edit made between reading the file at
             # start-up and the first look is not taken for the starting state (unchanged = no-op).
             self._watcher = asyncio.ensure_future(self._watch_config(self.settings.config_path, None))
+
+    async def _apply_netfilter(self) -> None:
+        from metamock import netfilter
+
+        # nft/iptables and pyroute2 block; keep the loop free for requests already being served.
+        self.netfilter_backend = await asyncio.to_thread(netfilter.apply, self.port)
+        log.info("netfilter redirect applied (%s backend)", self.netfilter_backend)
+
+    async def _remove_netfilter(self) -> None:
+        if self.netfilter_backend is None:
+            return
+        from metamock import netfilter
+
+        await asyncio.to_thread(netfilter.remove)
+        self.netfilter_backend = None
+        log.info("netfilter redirect removed")
 
     async def _start_control(self) -> None:
         """The control socket; without it the server still serves (and says why triggers fail)."""
@@ -331,16 +350,16 @@ class Service:
             await self.control.close()
             self.control = None
         try:
-            if self.netfilter_backend is not None:
-                from metamock import netfilter
-
-                netfilter.remove()
-                self.netfilter_backend = None
-        finally:
+            # Stop listening before the redirect goes: in between, clients are refused (fail
+            # closed) rather than sent to whatever 169.254.169.254 is without us.
             if self._runner is not None:
                 await self._runner.cleanup()
                 self._runner = None
-            await self.source.close()
+        finally:
+            try:
+                await self._remove_netfilter()
+            finally:
+                await self.source.close()
 
 
 def _bracket(host: str) -> str:
