@@ -232,7 +232,7 @@ def build_tree(
         )
         macs[mac] = {
             **iface,
-            **{k: v for k, v in extra.items() if k in iface and isinstance(v, str)},
+            **{k: v for k, v in extra.items() if k in iface and k != "mac" and isinstance(v, str)},
         }
 
     tags = {str(k): str(v) for k, v in (task.get("TaskTags") or {}).items() if "/" not in str(k) and k}
