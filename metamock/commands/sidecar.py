@@ -46,7 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=Restart.ON_FAILURE.value,
         help="restart policy of every program (default on-failure; backoff 1s doubling to 30s)",
     )
-    add("--grace", type=float, default=10.0, help="seconds for programs to stop after SIGTERM (default 10)")
+    add(
+        "--grace",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="for all programs to stop after SIGTERM, then SIGKILL (default 10)",
+    )
     add(
         "--allow",
         action="append",
@@ -54,9 +60,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME_OR_GLOB",
         help="also re-export these variables (static AWS keys only when named exactly)",
     )
-    add("--env-pid", dest="env_pid", help="re-export from this pid or 'auto' (default: this process)")
-    add("--profile-script", dest="profile_script", default=str(PROFILE_SCRIPT), help="'' to skip")
-    add("--systemd-dir", dest="systemd_dir", default=str(SYSTEMD_DIR), help="'' to skip drop-ins")
+    add(
+        "--env-pid",
+        dest="env_pid",
+        metavar="N|auto",
+        help="re-export from this process instead of the sidecar's own environment",
+    )
+    add(
+        "--profile-script",
+        dest="profile_script",
+        metavar="PATH",
+        default=str(PROFILE_SCRIPT),
+        help=f"shell export of the variables for login shells (default {PROFILE_SCRIPT}; '' = none)",
+    )
+    add(
+        "--systemd-dir",
+        dest="systemd_dir",
+        metavar="DIR",
+        default=str(SYSTEMD_DIR),
+        help=f"<unit>.service.d/ drop-ins for the preset agents (default {SYSTEMD_DIR}; '' = none)",
+    )
 
 
 def options_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> SidecarOptions:
