@@ -199,6 +199,12 @@ def test_image_config(oci_layout: Path) -> None:
     assert config["Entrypoint"] == ["metamock", "sidecar"]
     assert config["User"] == f"{IMAGE_UID}:{IMAGE_UID}", "least privilege: not root by default"
     assert any(e.startswith("PATH=/opt/metamock/bin:") for e in config["Env"])
+    # What the OCI config cannot carry (HEALTHCHECK) or does not record (the build's inputs).
+    dockerfile = (REPO / "sidecar" / "Dockerfile").read_text()
+    assert re.search(r"^ARG BASE=python:3\.11-slim", dockerfile, re.MULTILINE)
+    assert re.search(r'^HEALTHCHECK .*CMD \["metamock", "healthcheck"\]$', dockerfile, re.MULTILINE)
+    assert "--no-index --find-links /wheels" in dockerfile
+    assert "tini" not in dockerfile.lower().replace("no tini", "")
 
 
 def test_pid1_is_metamock_and_healthy(container: Container) -> None:
