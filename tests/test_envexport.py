@@ -18,6 +18,7 @@ import pytest
 from metamock import envexport
 from metamock.errors import EnvironmentReadError, SettingsError
 from tests.conftest import REPO, require, require_root
+from tests.envexport_support import wait_exec
 
 GOLDEN = REPO / "tests" / "golden" / "env"
 PY = sys.executable
@@ -60,6 +61,7 @@ def target(canary: Path) -> Iterator[tuple[int, dict[str, bytes]]]:
     env = {**crafted(canary), **STATIC, "PATH": b"/usr/bin:/bin", "UNRELATED": b"x"}
     proc = subprocess.Popen(["sleep", "60"], env={k.encode(): v for k, v in env.items()})
     try:
+        wait_exec(proc.pid)
         yield proc.pid, crafted(canary)
     finally:
         proc.kill()

@@ -26,6 +26,7 @@ from metamock.sidecar import (
 )
 from metamock.supervisor import ChildSpec, Restart, Supervisor
 from tests.conftest import REPO
+from tests.envexport_support import wait_exec
 from tests.fakes.ecs_agent import fargate_env
 
 GOLDEN = REPO / "tests" / "golden" / "env"
@@ -123,6 +124,7 @@ def test_exported_variables_from_own_environment_or_a_pid() -> None:
     env = {k.encode(): v.encode() for k, v in fargate_env().items()}
     proc = subprocess.Popen(["sleep", "30"], env={b"PATH": b"/bin:/usr/bin", **env})
     try:
+        wait_exec(proc.pid)
         got = exported_variables(SidecarOptions(env_pid=str(proc.pid)), own)
     finally:
         proc.kill()

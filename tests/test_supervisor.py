@@ -182,7 +182,7 @@ async def test_signals_are_forwarded(tmp_path: Path, run_sup: list[Supervisor]) 
 async def test_orphans_are_reaped_as_subreaper(tmp_path: Path, run_sup: list[Supervisor]) -> None:
     orphaner = script(tmp_path, "orphaner", "sleep 0.3 &\nsleep 0.3 &\nexit 0\n")
     sup = await start(run_sup, spec("orphaner", orphaner))
-    await until(lambda: sup.orphans_reaped == 2)
+    await until(lambda: sup.orphans_reaped >= 2)  # earlier tests may leave more to reap
     assert zombies_of(os.getpid()) == []
     sup.request_stop()
     assert await sup.wait() == 0
