@@ -4,6 +4,7 @@ namespace with the fake ECS agent on 169.254.170.2:80 and fake agents (small she
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -33,7 +34,13 @@ curl -sf --max-time 3 http://169.254.169.254/latest/meta-data/instance-id > "$DI
 # Orphans: each subshell exits at once, its sleep is reparented to PID 1 and must be reaped.
 (sleep 0.3 &)
 (sleep 0.4 &)
-trap 'echo "$name $(date +%s%N)" >> "$DIR/terms"; sleep 0.2; exit 0' TERM
+on_term() {
+  echo "$name $(date +%s%N)" >> "$DIR/terms"
+  curl -s "${E}latest/meta-data/spot/instance-action" > "$DIR/$name.notice"
+  sleep 0.2
+  exit 0
+}
+trap on_term TERM
 trap 'echo "$name hup" >> "$DIR/signals"' HUP
 trap 'echo "$name quit" >> "$DIR/signals"' QUIT
 echo ready > "$DIR/$name.ready"
@@ -190,6 +197,9 @@ def test_sidecar_as_pid1(ecs_netns: NetNS, tmp_path: Path) -> None:
             proc.kill()
     terms = [line.split()[0] for line in (tmp_path / "terms").read_text().splitlines()]
     assert terms == ["second", "first"]  # every agent got SIGTERM, in reverse start order
+    # Agents stop while the server serves the stop notice (in parallel, not after).
+    for name in ("first", "second"):
+        assert json.loads((tmp_path / f"{name}.notice").read_text())["action"] == "terminate"
     assert took < 5  # max(grace used, stop notice 1 s), not their sum
     text = log.read_text()
     assert "AKIASTATICEXAMPLE" not in text
