@@ -37,8 +37,9 @@ class Node:
     expires: float | None = None
     # The response headers, rendered once per tree (shared between nodes of one content type).
     headers: dict[str, str] = field(default_factory=dict)
-    _body: bytes | None = None
-    _render: Callable[[], bytes] | None = None
+    # Bodies may be credentials: never in a repr.
+    _body: bytes | None = field(default=None, repr=False)
+    _render: Callable[[], bytes] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
