@@ -32,7 +32,7 @@ PY = sys.executable
 ROLE_PATH = "/latest/meta-data/iam/security-credentials/example-task-role"
 sys.path.insert(0, str(REPO))
 
-from tests.fakes.ecs_agent import fargate_env  # noqa: E402
+from tests.fakes.ecs_agent import fargate_env
 
 
 class Namespace:

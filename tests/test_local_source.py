@@ -316,8 +316,8 @@ async def test_container_and_imds_providers_are_removed(
         monkeypatch.setenv(name, value)
 
     # Control: aiobotocore's stock chain does reach that server.
-    from aiobotocore.credentials import create_credential_resolver  # noqa: PLC0415
-    from aiobotocore.session import AioSession  # noqa: PLC0415
+    from aiobotocore.credentials import create_credential_resolver
+    from aiobotocore.session import AioSession
 
     stock = await create_credential_resolver(AioSession()).load_credentials()
     assert stock is not None

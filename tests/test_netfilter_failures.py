@@ -67,7 +67,7 @@ def test_failure_in_the_middle_leaves_nothing(ns: NetNS, backend: str, tmp_path:
 
 def test_bad_rendered_line_rolls_back(ns: NetNS, tmp_path: Path) -> None:
     """A rule file that the kernel rejects in the IPv6 step: IPv4 chain and routes are undone."""
-    from metamock.netfilter import render  # noqa: PLC0415
+    from metamock.netfilter import render
 
     before = snapshot(ns)
     original = render.read(render.IPT_IPV6)

@@ -71,14 +71,10 @@ def _enum_errors(value: Any, shape: Any, where: str = "") -> list[str]:
         ]
     if shape.type_name == "list" and isinstance(value, list):
         return [
-            err
-            for i, item in enumerate(value)
-            for err in _enum_errors(item, shape.member, f"{where}[{i}]")
+            err for i, item in enumerate(value) for err in _enum_errors(item, shape.member, f"{where}[{i}]")
         ]
     if shape.type_name == "map" and isinstance(value, dict):
-        return [
-            err for k, v in value.items() for err in _enum_errors(v, shape.value, f"{where}[{k}]")
-        ]
+        return [err for k, v in value.items() for err in _enum_errors(v, shape.value, f"{where}[{k}]")]
     if shape.type_name == "string" and shape.enum and value not in shape.enum:
         return [f"{where.lstrip('.')}: {value!r} not in {shape.enum}"]
     return []

@@ -15,7 +15,7 @@ def _uid(text: str) -> int:
     try:
         uid = int(text)
     except ValueError:
-        import pwd  # noqa: PLC0415  # a user name is a convenience; most callers pass numbers
+        import pwd  # a user name is a convenience; most callers pass numbers
 
         try:
             return pwd.getpwnam(text).pw_uid
@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from metamock import netfilter  # noqa: PLC0415
+    from metamock import netfilter
 
     environ = dict(os.environ)  # the edge: PATH and METAMOCK_IPTABLES go in as a mapping
     port = args.port if args.port is not None else _env_port(environ.get("METAMOCK_PORT"))

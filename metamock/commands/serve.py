@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 def _install_fast_loop() -> None:
     """Use uvloop when it is installed (the `fast` extra); plain asyncio otherwise."""
     try:
-        import uvloop  # noqa: PLC0415
+        import uvloop
     except ImportError:
         return
     if sys.version_info >= (3, 12):  # pragma: no cover

@@ -30,9 +30,9 @@ class IdentitySigner:
             return self._material
 
     def sign(self, document: bytes) -> dict[str, bytes]:
-        from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
-        from cryptography.hazmat.primitives.asymmetric import padding  # noqa: PLC0415
-        from cryptography.hazmat.primitives.serialization import pkcs7  # noqa: PLC0415
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import padding
+        from cryptography.hazmat.primitives.serialization import pkcs7
 
         key, cert = self._key_and_cert()
         signature = key.sign(document, padding.PKCS1v15(), hashes.SHA256())
@@ -59,10 +59,10 @@ def _wrap(data: bytes, width: int = 64) -> bytes:
 
 
 def _make_material(key_file: Path | None) -> tuple[Any, Any]:
-    from cryptography import x509  # noqa: PLC0415
-    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
-    from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: PLC0415
-    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
 
     key: Any
     if key_file is not None:

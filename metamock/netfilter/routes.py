@@ -78,7 +78,7 @@ def _off_loop(fn: Callable[[], T]) -> T:
 def _iproute() -> Iterator[Any]:
     """A netlink socket on a plain selector loop of our own: pyroute2 cannot use uvloop's
     (no AF_NETLINK datagram endpoints), which the policy would hand it under `serve`."""
-    from pyroute2 import IPRoute  # noqa: PLC0415  # imported only when routes are touched
+    from pyroute2 import IPRoute  # imported only when routes are touched
 
     loop = asyncio.SelectorEventLoop()
     try:
@@ -90,7 +90,7 @@ def _iproute() -> Iterator[Any]:
 
 
 def _netlink_error_type() -> type[Exception]:
-    from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
+    from pyroute2.netlink.exceptions import NetlinkError
 
     return NetlinkError  # type: ignore[no-any-return]
 

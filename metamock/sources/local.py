@@ -301,7 +301,7 @@ class LocalSource:
 
     async def _fetch_here(self) -> _Fetched | None:
         """The chain, then AssumeRole when a role is asked for; botocore errors translated."""
-        from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound  # noqa: PLC0415
+        from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
 
         step = "AWS credential chain"
         try:
@@ -326,8 +326,8 @@ class LocalSource:
 
     def _session(self) -> Any:
         """An AioSession whose configuration comes from `environ`, not os.environ."""
-        from aiobotocore.session import AioSession  # noqa: PLC0415
-        from botocore.configprovider import BOTOCORE_DEFAUT_SESSION_VARIABLES, ConfigChainFactory  # noqa: PLC0415
+        from aiobotocore.session import AioSession
+        from botocore.configprovider import BOTOCORE_DEFAUT_SESSION_VARIABLES, ConfigChainFactory
 
         _quiet_botocore()
         session = AioSession(profile=self._profile)
@@ -346,7 +346,7 @@ class LocalSource:
 
     def _resolver(self, session: Any) -> Any:
         """aiobotocore's default chain minus the providers that would reach metadata services."""
-        from aiobotocore.credentials import create_credential_resolver  # noqa: PLC0415
+        from aiobotocore.credentials import create_credential_resolver
 
         resolver = create_credential_resolver(session, region_name=self._region)
         for method in REMOVED_PROVIDERS:
@@ -379,7 +379,7 @@ class LocalSource:
         )
 
     async def _assume_role(self, session: Any, base: _Fetched) -> _Fetched:
-        from aiobotocore.config import AioConfig  # noqa: PLC0415
+        from aiobotocore.config import AioConfig
 
         region = self._region or session.get_config_variable("region") or self._task_region
         config = AioConfig(
