@@ -46,6 +46,7 @@ NOT_FOUND_BODY = b"""<?xml version="1.0" encoding="iso-8859-1"?>
 # Route kinds.
 TOKEN, BAD_TOKEN_PATH, VERSIONS, METADATA, MISSING = range(5)
 _ROUTE_CACHE_MAX = 4096
+_CREDENTIALS_DIR = "meta-data/iam/security-credentials"
 
 
 class Route(NamedTuple):
@@ -161,7 +162,10 @@ class ImdsHandler:
             node = self._holder.tree.get(route.key)
             if node is not None and (node.expires is None or self._holder.now() < node.expires):
                 return web.Response(body=node.body, headers=node.headers)
-            if route.iam and await self._holder.ensure_credentials(self._credential_wait):
+            # Fetch on demand only when credentials are missing or expired, not for any unknown
+            # name under iam/ (that rebuilt the tree per request: an unauthenticated CPU amplifier).
+            fetch = node is not None or self._holder.tree.get(_CREDENTIALS_DIR) is None
+            if route.iam and fetch and await self._holder.ensure_credentials(self._credential_wait):
                 node = self._holder.tree.get(route.key)
                 if node is not None and (node.expires is None or self._holder.now() < node.expires):
                     return web.Response(body=node.body, headers=node.headers)
