@@ -264,6 +264,23 @@ def test_slow_clients_do_not_starve_the_others(server: ServiceThread, crashes: E
             sock.close()
 
 
+def test_missing_iam_paths_cost_no_rebuild(server: ServiceThread, crashes: ErrorRecords) -> None:
+    """A GET for a missing name under meta-data/iam/ may fetch credentials when the tree has
+    none; with credentials in the tree it must be a plain 404, not a tree rebuild (which would
+    also throw away the lazily signed identity documents): an unauthenticated CPU amplifier."""
+    rebuilds: list[object] = []
+    service = server.service
+    assert service is not None
+    server.call(service.on_rebuild.append, rebuilds.append)
+    try:
+        for path in (b"/latest/meta-data/iam/nope", b"/latest/meta-data/iam/security-credentials/nope"):
+            request = b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            assert set(statuses(exchange(server.port, request * 20 + HEALTH))) == {404, 200}
+    finally:
+        server.call(service.on_rebuild.remove, rebuilds.append)
+    assert len(rebuilds) == 0, f"{len(rebuilds)} tree rebuilds for 40 missing iam paths"
+
+
 # ---- memory ----------------------------------------------------------------------------------------
 
 
