@@ -167,6 +167,7 @@ def test_a_cross_origin_page_and_dns_rebinding_cannot_read_credentials(netns: Ne
         [
             chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--disable-dev-shm-usage",
             "--host-resolver-rules=MAP rebind.test 127.0.0.1", f"--user-data-dir={tmp_path / 'profile'}",
             f"http://rebind.test:{PAGE}/",
         ],

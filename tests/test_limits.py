@@ -88,7 +88,7 @@ async def test_a_slowloris_head_is_cut_at_the_header_deadline() -> None:
         took = await _closed_within(reader, 3)
         dripping.cancel()
         writer.close()
-        assert 0.3 < took < 1.2
+        assert 0.3 < took < 2.0
         assert server.guard.expired == 1
 
 
@@ -97,7 +97,7 @@ async def test_a_silent_connection_is_closed_at_the_header_deadline() -> None:
         reader, writer = await _connect(port)
         took = await _closed_within(reader, 3)
         writer.close()
-        assert 0.2 < took < 1.0
+        assert 0.2 < took < 2.0
 
 
 async def test_keep_alive_requests_outlive_the_header_deadline_then_idle_closes() -> None:
@@ -110,7 +110,7 @@ async def test_keep_alive_requests_outlive_the_header_deadline_then_idle_closes(
             await asyncio.sleep(0.2)
         took = await _closed_within(reader, 3)
         writer.close()
-        assert 0.5 < took < 1.6
+        assert 0.5 < took < 2.5
 
 
 async def test_a_terminator_split_across_reads_completes_the_request() -> None:
