@@ -165,6 +165,32 @@ async def test_the_sweeper_stops_when_no_connection_is_left() -> None:
         assert server.guard._sweeper is None
 
 
+def test_the_limits_hold_on_uvloop() -> None:
+    """`metamock serve` runs on uvloop when installed: the same protocol wrapper, its transports."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> None:
+        assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+        async with limited_server(max_connections=2, header_timeout=0.4, idle_timeout=5) as (server, port):
+            reader, writer = await _connect(port)
+            for piece in (REQUEST * 3)[:-1], REQUEST[-1:]:  # pipelined, terminator split
+                writer.write(piece)
+                await asyncio.sleep(0.05)
+            for _ in range(3):
+                assert (await _response(reader)).startswith(b"HTTP/1.1 200")
+            slow_reader, slow_writer = await _connect(port)
+            slow_writer.write(b"GET / HTTP/1.1\r\n")
+            refused_reader, refused_writer = await _connect(port)
+            assert await _closed_within(refused_reader, 2) < 1
+            assert 0.3 < await _closed_within(slow_reader, 3) < 2.0
+            for w in (writer, slow_writer, refused_writer):
+                w.close()
+            assert server.guard.refused == 1
+            assert server.guard.expired == 1
+
+    uvloop.run(scenario())
+
+
 def test_limits_are_checked() -> None:
     with pytest.raises(ValueError, match="positive"):
         ConnectionLimits(max_connections=0)
