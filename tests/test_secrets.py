@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from metamock.service import Service
 from metamock.settings import Settings
 from metamock.sources.ecs import EcsSource
 from tests.conftest import REPO, NetNS
-from tests.ecs_netns import base_env, start_fake_agent, start_metamock
+from tests.ecs_netns import base_env, run_python, start_fake_agent, start_metamock, wait_until
 from tests.ecs_support import SECRETS, full_env, relative_env
 from tests.fakes.ecs_agent import AUTH_TOKEN, FakeEcsAgent, fargate_env
 from tests.httpraw import request
@@ -222,6 +223,62 @@ def test_doctor_output_carries_no_secret(netns: NetNS, shape: str) -> None:
         if extra:
             assert json.loads(proc.stdout)["checks"], "doctor reported nothing"
     assert not _leaks("\n".join(outputs)), "doctor printed a secret"
+
+
+CLIENT = """
+import http.client, json, socket
+def req(method, path, headers=None):
+    c = http.client.HTTPConnection("127.0.0.1", 1338, timeout=5)
+    c.request(method, path, headers=headers or {})
+    r = c.getresponse()
+    return r.status, r.read().decode()
+role = "/latest/meta-data/iam/security-credentials/example-task-role"
+tokens = []
+for _ in range(3):
+    tokens.append(req("PUT", "/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "600"})[1])
+statuses = [req("GET", role, {"X-aws-ec2-metadata-token": t})[0] for t in tokens]
+statuses += [req("GET", role, {"X-aws-ec2-metadata-token": t})[0] for t in (tokens[0][:-2] + "xx", "A" * 10000)]
+for junk in (b"GET " + role.encode() + b" HTTP/1.1\\r\\nX-aws-ec2-metadata-token: " + tokens[0].encode() + b"\\x00\\r\\n\\r\\n",
+             b"PUT /latest/api/token HTTP/1.1\\r\\nX-aws-ec2-metadata-token-ttl-seconds: " + tokens[1].encode() + b"\\r\\n\\r\\n",
+             b"\\x16\\x03\\x01" + tokens[2].encode() * 40):
+    with socket.create_connection(("127.0.0.1", 1338), timeout=5) as sock:
+        sock.sendall(junk)
+        sock.settimeout(2)
+        try:
+            sock.recv(65536)
+        except OSError:
+            pass
+print(json.dumps({"tokens": tokens, "statuses": statuses}))
+"""
+
+
+@pytest.mark.root
+def test_serve_at_debug_logs_no_secret(netns: NetNS, tmp_path: Path) -> None:
+    """The real `metamock serve -v` (uvloop, logging configured by the CLI): start, requests,
+    short-lived credentials refreshed, a bad and a good SIGHUP reload, SIGTERM with a stop notice."""
+    start_fake_agent(netns, "--lifetime", "600")  # under the 15 min floor: refreshes keep coming
+    config = tmp_path / "metamock.toml"
+    config.write_text('[meta-data]\n"instance-type" = "m5.large"\n')
+    log_path = tmp_path / "serve.log"
+    argv = [sys.executable, "-m", "metamock", "serve", "-v", "--source", "ecs", "--port", "1338"]
+    argv += ["--stop-notice", "1", "--config", str(config)]
+    with log_path.open("wb") as log_file:
+        proc = netns.popen(argv, cwd=REPO, env=base_env(**fargate_env()), stdout=log_file, stderr=log_file)
+    wait_until(netns, [sys.executable, "-m", "metamock", "healthcheck", "--port", "1338"])
+    client = run_python(netns, CLIENT, env=base_env())
+    assert client["statuses"] == [200, 200, 200, 401, 401]
+    config.write_text("[meta-data\n")
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    config.write_text('[meta-data]\n"instance-type" = "m5.xlarge"\n')
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    text = log_path.read_text(errors="replace")
+    assert "config reload rejected" in text and "obtained" in text and "stop notice" in text, text[-2000:]
+    leaked = _leaks(text, client["tokens"])
+    assert not leaked, f"secrets in serve's log: {leaked}"
 
 
 # ---- files -----------------------------------------------------------------------------------------
