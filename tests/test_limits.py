@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 import pytest
 from aiohttp import web
 
-from metamock.imds.limits import ConnectionLimits, LimitedServer
+from metamock.imds.limits import ConnectionLimits, LimitedServer, limited
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
@@ -189,6 +189,25 @@ def test_the_limits_hold_on_uvloop() -> None:
             assert server.guard.expired == 1
 
     uvloop.run(scenario())
+
+
+async def test_the_plain_factory_works_with_create_server() -> None:
+    server = web.Server(_ok, access_log=None)
+    loop = asyncio.get_running_loop()
+    listener = await loop.create_server(limited(server, ConnectionLimits(header_timeout=0.3)), "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await _connect(port)
+        writer.write(REQUEST)
+        assert (await _response(reader)).startswith(b"HTTP/1.1 200")
+        writer.close()
+        silent_reader, silent_writer = await _connect(port)
+        assert await _closed_within(silent_reader, 3) < 2.0
+        silent_writer.close()
+    finally:
+        listener.close()
+        await server.shutdown(1)
+        await listener.wait_closed()
 
 
 def test_limits_are_checked() -> None:

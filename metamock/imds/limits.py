@@ -222,9 +222,11 @@ class LimitedProtocol(asyncio.Protocol):
             self._inner.resume_writing()
 
 
-def limited(factory: Callable[[], RequestHandler], guard: ConnectionGuard) -> Callable[[], asyncio.Protocol]:
-    """A protocol factory for `loop.create_server` enforcing `guard`'s limits around `factory`."""
-    return lambda: LimitedProtocol(guard, factory)
+def limited(server: web.Server, limits: ConnectionLimits | None = None) -> Callable[[], asyncio.Protocol]:
+    """A protocol factory for `loop.create_server` serving `server` within `limits` (for code
+    that does not go through aiohttp's runner; `LimitedServer` is the runner-friendly form)."""
+    guard = ConnectionGuard(limits or ConnectionLimits())
+    return lambda: LimitedProtocol(guard, server)
 
 
 class LimitedServer(web.Server):
