@@ -29,7 +29,7 @@ from metamock.imds.tokens import TokenSigner
 from metamock.imds.tree import Tree
 from metamock.scenarios import Scenario, ScenarioBook, stop_notice_documents
 from metamock.settings import ConfigFile, Settings
-from metamock.sources.base import MetadataSource
+from metamock.sources.base import Credentials, MetadataSource
 from metamock.translate import build_tree
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ class Service:
         # Documents layered over meta-data/ by scenarios and the stop notice: name -> subtree.
         self.overlays: dict[str, Mapping[str, Any]] = {}
         self._tree = Tree({})
+        self._tree_credentials: Credentials | None = None
         self._runner: web.ServerRunner | None = None
         self.port = settings.port
         self.netfilter_backend: str | None = None
@@ -101,12 +102,11 @@ class Service:
         return self.clock.time()
 
     async def ensure_credentials(self, timeout: float) -> bool:
-        before = self._tree
+        """Wait (bounded) for credentials; rebuild only when they differ from the tree's."""
         creds = await self.source.credentials_within(timeout)
-        if creds is None:
+        if creds is None or creds is self._tree_credentials:
             return False
-        if self._tree is before:
-            self.rebuild()
+        self.rebuild()
         return True
 
     # -- life cycle -------------------------------------------------------------------------
@@ -227,10 +227,12 @@ class Service:
         _merge(extra, rendered.documents)
         for overlay in self.overlays.values():  # the stop notice wins over scenarios
             _merge(extra, overlay)
+        credentials = self.source.credentials()
+        self._tree_credentials = credentials
         self._tree = Tree.build(
             build_tree(
                 self.source.facts(),
-                self.source.credentials(),
+                credentials,
                 self.config,
                 extra_meta=extra,
                 signer=self.identity_signer,

@@ -17,6 +17,7 @@ from typing import NamedTuple, Protocol
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from metamock.imds.limits import ConnectionLimits, LimitedServer
 from metamock.imds.tokens import MAX_TTL, MIN_TTL, TokenSigner
 from metamock.imds.tree import BASE_HEADERS, TEXT, Tree
 from metamock.translate import API_VERSIONS
@@ -232,4 +233,10 @@ def make_server(handler: Handler) -> web.Server:
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, _DropClientErrors) for f in server_log.filters):
         server_log.addFilter(_DropClientErrors())
-    return web.Server(handler, access_log=None, max_line_size=MAX_LINE, max_field_size=MAX_FIELD)
+    return LimitedServer(
+        handler,
+        limits=ConnectionLimits(),
+        access_log=None,
+        max_line_size=MAX_LINE,
+        max_field_size=MAX_FIELD,
+    )
