@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import resource
 import socket
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple, Protocol
@@ -83,6 +84,7 @@ class ImdsHandler:
         credential_wait: float = 0.5,
     ) -> None:
         self._holder = holder
+        self._now = holder.now
         self._signer = signer
         self._required = tokens_required
         self._hop_limit = hop_limit
@@ -161,15 +163,15 @@ class ImdsHandler:
             return self._empty(401)
         if kind == METADATA:
             node = self._holder.tree.get(route.key)
-            if node is not None and (node.expires is None or self._holder.now() < node.expires):
-                return web.Response(body=node.body, headers=node.headers)
+            if node is not None and (node.expires is None or self._now() < node.expires):
+                return web.Response(body=node.body, headers=node.headers.copy())
             # Fetch on demand only when credentials are missing or expired, not for any unknown
             # name under iam/ (that rebuilt the tree per request: an unauthenticated CPU amplifier).
             fetch = node is not None or self._holder.tree.get(_CREDENTIALS_DIR) is None
             if route.iam and fetch and await self._holder.ensure_credentials(self._credential_wait):
                 node = self._holder.tree.get(route.key)
-                if node is not None and (node.expires is None or self._holder.now() < node.expires):
-                    return web.Response(body=node.body, headers=node.headers)
+                if node is not None and (node.expires is None or self._now() < node.expires):
+                    return web.Response(body=node.body, headers=node.headers.copy())
             return self._not_found()
         if kind == VERSIONS:
             return web.Response(body=_VERSIONS_BODY, headers=self._versions_headers)
@@ -218,6 +220,15 @@ MAX_LINE = 16384
 MAX_FIELD = 16384
 
 
+def default_max_connections() -> int:
+    """4096 concurrent connections, or fewer when the open-files limit is lower: past that limit
+    accept() fails with EMFILE in a loop, worse than closing the newest connection at once."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 4096
+    return max(16, min(4096, soft - 64))
+
+
 class _DropClientErrors(logging.Filter):
     """aiohttp logs malformed requests at ERROR with the offending bytes (maybe a token). A bad
     request is the client's problem: it gets a 400 and we log nothing."""
@@ -235,7 +246,7 @@ def make_server(handler: Handler) -> web.Server:
         server_log.addFilter(_DropClientErrors())
     return LimitedServer(
         handler,
-        limits=ConnectionLimits(),
+        limits=ConnectionLimits(max_connections=default_max_connections()),
         access_log=None,
         max_line_size=MAX_LINE,
         max_field_size=MAX_FIELD,

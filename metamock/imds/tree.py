@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
 
+from multidict import CIMultiDict
+
 TEXT = "text/plain"
 OCTETS = "application/octet-stream"
 
@@ -35,8 +37,9 @@ class Node:
     content_type: str
     is_dir: bool
     expires: float | None = None
-    # The response headers, rendered once per tree (shared between nodes of one content type).
-    headers: dict[str, str] = field(default_factory=dict)
+    # The response headers, rendered once per tree (shared between nodes of one content type);
+    # a CIMultiDict because aiohttp copies one of those far faster than it builds one from a dict.
+    headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
     # Bodies may be credentials: never in a repr.
     _body: bytes | None = field(default=None, repr=False)
     _render: Callable[[], bytes] | None = field(default=None, repr=False)
@@ -66,11 +69,13 @@ class Tree:
         nodes: dict[str, Node] = {}
         _flatten(root, "", nodes)
         last_modified = formatdate(built_at, usegmt=True)
-        by_type: dict[str, dict[str, str]] = {}
+        by_type: dict[str, CIMultiDict[str]] = {}
         for node in nodes.values():
             headers = by_type.get(node.content_type)
             if headers is None:
-                headers = {**BASE_HEADERS, "Content-Type": node.content_type, "Last-Modified": last_modified}
+                headers = CIMultiDict(
+                    {**BASE_HEADERS, "Content-Type": node.content_type, "Last-Modified": last_modified}
+                )
                 by_type[node.content_type] = headers
             node.headers = headers
         return cls(nodes, built_at)
