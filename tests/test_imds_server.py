@@ -263,3 +263,11 @@ async def test_metadata_and_loopback_host_headers_are_allowed(host: str) -> None
     async with running_service() as svc:
         raw = f"GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
         assert (await request(svc.port, "GET", "", raw=raw)).status == 200
+
+
+async def test_malformed_requests_are_400_without_a_version_banner() -> None:
+    async with running_service() as svc:
+        resp = await request(svc.port, "GET", "", raw=b"GET /latest\x00/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert resp.status == 400
+        assert resp.headers.get("server") == "EC2ws"
+        assert b"aiohttp" not in resp.body

@@ -15,7 +15,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple, Protocol
 
-from aiohttp import web
+from aiohttp import web, web_response
 from aiohttp.http_exceptions import HttpProcessingError
 
 from metamock.imds.limits import ConnectionLimits, LimitedServer
@@ -241,6 +241,9 @@ class _DropClientErrors(logging.Filter):
 def make_server(handler: Handler) -> web.Server:
     """aiohttp's low-level server around `handler`, without an access log (it would log paths at
     a rate that costs more than the answers)."""
+    # aiohttp answers malformed requests itself (400) with `Server: Python/x aiohttp/y`; EC2 says
+    # EC2ws, and a version banner helps nobody but an attacker. Only server responses read this.
+    web_response.SERVER_SOFTWARE = "EC2ws"
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, _DropClientErrors) for f in server_log.filters):
         server_log.addFilter(_DropClientErrors())
