@@ -243,7 +243,7 @@ def make_server(handler: Handler) -> web.Server:
     a rate that costs more than the answers)."""
     # aiohttp answers malformed requests itself (400) with `Server: Python/x aiohttp/y`; EC2 says
     # EC2ws, and a version banner helps nobody but an attacker. Only server responses read this.
-    web_response.SERVER_SOFTWARE = "EC2ws"
+    web_response.SERVER_SOFTWARE = "EC2ws"  # type: ignore[attr-defined]
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, _DropClientErrors) for f in server_log.filters):
         server_log.addFilter(_DropClientErrors())
