@@ -9,8 +9,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -115,6 +115,43 @@ def _scenarios(raw: Mapping[str, Any]) -> dict[str, Any]:
     return table
 
 
+def scenarios_with_flags(table: Mapping[str, Any], flags: Sequence[str]) -> dict[str, Any]:
+    """`--scenario KIND[:option=value,...]` entries over the file's `[scenarios]` (a flag replaces
+    the file's entry of the same kind; repeated `maintenance` flags add events)."""
+    merged = dict(table)
+    flagged_maintenance: list[dict[str, Any]] = []
+    for item in flags:
+        kind, _, rest = item.partition(":")
+        options: dict[str, Any] = {}
+        for pair in filter(None, rest.split(",")):
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise SettingsError("--scenario", f"{item!r}: options are key=value, comma-separated")
+            options[key.strip()] = _scalar(value.strip())
+        if kind == "maintenance":
+            flagged_maintenance.append(options)
+        else:
+            merged[kind] = options
+    if flagged_maintenance:
+        merged["maintenance"] = flagged_maintenance
+    try:
+        validate_config(merged)
+    except ScenarioError as exc:
+        raise SettingsError("--scenario", f"{exc.key}: {exc}") from exc
+    return merged
+
+
+def _scalar(value: str) -> Any:
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
 def _table(raw: Mapping[str, Any], key: str) -> dict[str, Any]:
     value = raw.get(key, {})
     if not isinstance(value, dict):
@@ -161,6 +198,8 @@ class Settings:
         config = ConfigFile()
         if config_value:
             config = ConfigFile.read(Path(config_value))
+        if flags.get("scenario"):
+            config = replace(config, scenarios=scenarios_with_flags(config.scenarios, flags["scenario"]))
         layers = _Layers(flags, environ, config.server)
 
         hosts_raw = layers.pick("host", "METAMOCK_HOST", _parse_hosts)

@@ -271,3 +271,11 @@ async def test_malformed_requests_are_400_without_a_version_banner() -> None:
         assert resp.status == 400
         assert resp.headers.get("server") == "EC2ws"
         assert b"aiohttp" not in resp.body
+
+
+async def test_a_scenario_flag_starts_the_scenario() -> None:
+    async with running_service(scenario=["spot:delay=0,action=stop,in=120"]) as svc:
+        resp = await request(svc.port, "GET", "/latest/meta-data/spot/instance-action")
+        assert resp.status == 200
+        assert json.loads(resp.body)["action"] == "stop"
+        assert b"spot/" in (await request(svc.port, "GET", "/latest/meta-data/")).body

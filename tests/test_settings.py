@@ -131,3 +131,26 @@ def test_cli_bad_config_is_one_line_exit_2_before_listening(args: list[str], nee
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert needle in lines[0]
+
+
+def test_scenario_flags_merge_over_the_file(tmp_path: Path) -> None:
+    cfg = write(
+        tmp_path, "[scenarios.spot]\naction = 'hibernate'\ndelay = 10\n[scenarios.rebalance]\ndelay = 5\n"
+    )
+    s = Settings.load(
+        {
+            "config": str(cfg),
+            "scenario": ["spot:delay=0,action=stop", "maintenance:code=system-reboot,delay=5"],
+        },
+        {},
+    )
+    assert s.config.scenarios["spot"] == {"delay": 0, "action": "stop"}  # the flag replaces the file's spot
+    assert s.config.scenarios["rebalance"] == {"delay": 5}  # the file's other scenarios stay
+    assert s.config.scenarios["maintenance"] == [{"code": "system-reboot", "delay": 5}]
+
+
+@pytest.mark.parametrize("flag", ["spot:action=melt", "spot:delay", "nonsense:x=1", "spot:delay=-1"])
+def test_bad_scenario_flags_name_the_flag(flag: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        Settings.load({"scenario": [flag]}, {})
+    assert err.value.setting == "--scenario"

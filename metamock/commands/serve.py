@@ -74,7 +74,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         name: getattr(args, name, None)
         for name in (
             "host", "port", "source", "tokens", "hop_limit", "config", "task_metadata", "profile",
-            "role_arn", "netfilter", "watch_config", "stop_notice", "allow_remote",
+            "role_arn", "netfilter", "watch_config", "stop_notice", "allow_remote", "scenario",
         )
     }  # fmt: skip
     return Settings.load(flags, environ)
