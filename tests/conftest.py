@@ -22,6 +22,9 @@ from typing import Any
 
 import pytest
 
+# Fixtures shared by the ECS test modules (`clock`, `agent`, `sleeper`); a module may override them.
+pytest_plugins = ["tests.ecs_support"]
+
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"} or bool(

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
+
+import pytest
 
 from metamock.clock import ManualClock
 from metamock.sources.base import Credentials
@@ -105,3 +108,23 @@ class SteppedSleep:
 
     def delays(self, name: str) -> list[float]:
         return [d for n, d in self.history if n == name]
+
+
+# -- fixtures shared by the ECS test modules (import them by name there) ------------------------
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(START)
+
+
+@pytest.fixture
+async def agent(clock: ManualClock) -> AsyncIterator[FakeEcsAgent]:
+    agent = await started_agent(clock)
+    yield agent
+    await agent.stop()
+
+
+@pytest.fixture
+def sleeper(clock: ManualClock) -> SteppedSleep:
+    return SteppedSleep(clock)

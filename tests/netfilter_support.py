@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tests import golden_files
 from tests.conftest import REPO, NetNS, make_netns
 
 GOLDEN = REPO / "tests" / "golden" / "netfilter"
@@ -141,13 +142,8 @@ def metamock_rules(ns: NetNS, backend: str) -> str:
 
 
 def assert_golden(name: str, actual: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(actual)
-        return
-    assert path.exists(), f"golden file {path} missing; run with UPDATE_GOLDEN=1 once and review it"
-    assert actual == path.read_text(), f"differs from {path}"
+    """The shared golden check, under tests/golden/netfilter/."""
+    golden_files.assert_golden(f"netfilter/{name}", actual)
 
 
 def wait_for(predicate: Any, timeout: float = 15.0, what: str = "condition") -> None:

@@ -9,27 +9,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from metamock.clock import ManualClock
 from metamock.ecs.client import EcsClient, Endpoints, Throttled, parse_credentials
 from metamock.errors import SettingsError, UpstreamError
-from tests.ecs_support import SECRETS, START, full_env, relative_env, render, started_agent
+from tests.ecs_support import SECRETS, START, full_env, relative_env, render
 from tests.fakes.ecs_agent import AUTH_TOKEN, CRED_ID, FIXTURES, RELATIVE_URI, TASK_ID, FakeEcsAgent
 from tests.golden_files import assert_golden
 
 V4 = "ECS_CONTAINER_METADATA_URI_V4"
 FULL = "AWS_CONTAINER_CREDENTIALS_FULL_URI"
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(START)
-
-
-@pytest.fixture
-async def agent(clock: ManualClock) -> AsyncIterator[FakeEcsAgent]:
-    agent = await started_agent(clock)
-    yield agent
-    await agent.stop()
 
 
 @pytest.fixture

@@ -13,28 +13,11 @@ import pytest
 from metamock.clock import ManualClock, iso_z
 from metamock.ecs.client import EcsClient, Endpoints
 from metamock.ecs.credentials import Backoff, CredentialCache, RefreshPolicy
-from tests.ecs_support import CREDS_LOOP, START, SteppedSleep, relative_env, started_agent
+from tests.ecs_support import CREDS_LOOP, START, SteppedSleep, relative_env
 from tests.fakes.ecs_agent import FakeEcsAgent
 
 HOUR = 3600.0
 NO_CAP = RefreshPolicy(max_sleep=1e9)  # one sleep per refresh, so each test step is one iteration
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(START)
-
-
-@pytest.fixture
-async def agent(clock: ManualClock) -> AsyncIterator[FakeEcsAgent]:
-    agent = await started_agent(clock)
-    yield agent
-    await agent.stop()
-
-
-@pytest.fixture
-def sleeper(clock: ManualClock) -> SteppedSleep:
-    return SteppedSleep(clock)
 
 
 MakeCache = Callable[..., CredentialCache]

@@ -24,28 +24,10 @@ from tests.ecs_support import (
     SteppedSleep,
     full_env,
     relative_env,
-    started_agent,
 )
 from tests.fakes.ecs_agent import AUTH_TOKEN, FakeEcsAgent
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(START)
-
-
-@pytest.fixture
-async def agent(clock: ManualClock) -> AsyncIterator[FakeEcsAgent]:
-    agent = await started_agent(clock)
-    yield agent
-    await agent.stop()
-
-
-@pytest.fixture
-def sleeper(clock: ManualClock) -> SteppedSleep:
-    return SteppedSleep(clock)
 
 
 MakeSource = Callable[..., EcsSource]
