@@ -15,7 +15,6 @@ from typing import Any
 from tests import golden_files
 from tests.conftest import REPO, NetNS, make_netns
 
-GOLDEN = REPO / "tests" / "golden" / "netfilter"
 PORT = 1338
 INSTANCE_ID = "i-0netfilterlisten0"
 # (CLI --backend, METAMOCK_IPTABLES, name of the *-save binaries to snapshot)

@@ -20,20 +20,17 @@ from metamock.errors import SettingsError, UpstreamError
 from metamock.sources import local
 from metamock.sources.base import Credentials
 from metamock.sources.local import LocalSource
+from tests.golden_files import assert_golden
 from tests.moto_fixture import moto_server, start_moto_server, stop_moto_server
 
 __all__ = ["moto_server"]  # a fixture, imported to be used by name
 
-GOLDEN = Path(__file__).parent / "golden" / "local"
 ROLE_ARN = "arn:aws:iam::123456789012:role/team/deploy-role"
 BASE_KEY, BASE_SECRET = "AKIAMETAMOCKTESTBASE", "base/secret/from/the/profile/file/0000000"
 
 
 def golden(name: str, actual: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN") == "1":  # set by a human regenerating the files
-        path.write_text(actual)
-    assert actual == path.read_text()
+    assert_golden(f"local/{name}", actual)
 
 
 @pytest.fixture
@@ -489,10 +486,10 @@ async def test_renewal_failure_keeps_cached_until_expiry(
 async def test_credentials_within_never_waits_longer_than_timeout(
     profile_env: dict[str, str], source_factory: Any
 ) -> None:
-    connections: list[None] = []
+    connections: list[asyncio.StreamWriter] = []
 
     async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connections.append(None)
+        connections.append(writer)
         await reader.read(65536)
         await asyncio.sleep(30)
 
@@ -508,6 +505,8 @@ async def test_credentials_within_never_waits_longer_than_timeout(
         assert len(connections) <= 1  # one shared fetch, however many wait
         await src.close()
     finally:
+        for writer in connections:  # the hanging handlers never close theirs
+            writer.close()
         server.close()
 
 
