@@ -123,11 +123,12 @@ async def test_crashing_child_restarts_with_growing_delays(tmp_path: Path, run_s
     await until(lambda: starts.exists() and len(starts.read_text().split()) >= 5)
     times = [float(t) for t in starts.read_text().split()]
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    # 0.1, 0.2, 0.4, 0.4 (capped), plus process start-up time
-    assert 0.09 < gaps[0] < 0.3
-    assert 0.19 < gaps[1] < 0.4
-    assert 0.39 < gaps[2] < 0.7
-    assert 0.39 < gaps[3] < 0.7
+    # 0.1, 0.2, 0.4, 0.4 (capped), plus process start-up time, which a loaded CI machine stretches:
+    # the lower bounds prove the backoff, the upper ones allow up to 0.35 s of start-up.
+    assert 0.09 < gaps[0] < 0.45
+    assert 0.19 < gaps[1] < 0.55
+    assert 0.39 < gaps[2] < 0.75
+    assert 0.39 < gaps[3] < 0.75  # uncapped it would be 0.8 or more
     sup.request_stop()
     assert await sup.wait() == 0  # in backoff at the stop: nothing failed to stop
 
