@@ -9,7 +9,8 @@ import os
 import sys
 from collections.abc import Mapping
 
-from metamock.service import Service, serve_until_signal
+from metamock.lifecycle import serve_until_signal
+from metamock.service import Service
 from metamock.settings import Settings
 
 log = logging.getLogger("metamock")
