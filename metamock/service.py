@@ -26,9 +26,9 @@ from metamock.imds.signing import IdentitySigner
 from metamock.imds.tokens import TokenSigner
 from metamock.imds.tree import Tree
 from metamock.scenarios import Scenario, ScenarioBook, stop_notice_documents
-from metamock.settings import ConfigFile, Settings
+from metamock.settings import DEFAULT_HOSTS, ConfigFile, Settings
 from metamock.sources.base import Credentials, MetadataSource
-from metamock.translate import build_tree
+from metamock.translate import build_tree, deep_merge
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ class Service:
 
     async def _listen(self) -> None:
         assert self._runner is not None
-        explicit = self.settings.hosts != ("127.0.0.1", "::1")
+        explicit = self.settings.hosts != DEFAULT_HOSTS
         bound = 0
         for host in self.settings.hosts:
             site = web.TCPSite(self._runner, host, self.port, reuse_address=True)
@@ -222,9 +222,9 @@ class Service:
         now = self.clock.time()
         rendered = self.scenarios.render(now)
         extra: dict[str, Any] = {}
-        _merge(extra, rendered.documents)
+        deep_merge(extra, rendered.documents)
         for overlay in self.overlays.values():  # the stop notice wins over scenarios
-            _merge(extra, overlay)
+            deep_merge(extra, overlay)
         credentials = self.source.credentials()
         self._tree_credentials = credentials
         self._tree = Tree.build(
@@ -365,18 +365,6 @@ class Service:
 
 def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
-def _merge(target: dict[str, Any], layer: Mapping[str, Any]) -> None:
-    """Deep-merge `layer` into `target`, copying every directory (translation edits them in place)."""
-    for key, value in layer.items():
-        if isinstance(value, Mapping):
-            child = target.get(key)
-            if not isinstance(child, dict):
-                child = target[key] = {}
-            _merge(child, value)
-        else:
-            target[key] = value
 
 
 def _file_id(path: Path) -> tuple[int, int, int] | None:

@@ -285,7 +285,7 @@ def build_tree(
             ),
         }
     if extra_meta:
-        _merge(meta, extra_meta)
+        deep_merge(meta, extra_meta)
     _apply_overrides(meta, config.meta_data)
 
     pending = str(task.get("PullStartedAt") or "")[:19]
@@ -313,10 +313,14 @@ def _lazy_signature(signer: Any, document: bytes, name: str) -> Any:
     return render
 
 
-def _merge(target: dict[str, Any], extra: Mapping[str, Any]) -> None:
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
-            _merge(target[key], value)
+def deep_merge(target: dict[str, Any], layer: Mapping[str, Any]) -> None:
+    """Deep-merge `layer` into `target`, copying every directory (translation edits them in place)."""
+    for key, value in layer.items():
+        if isinstance(value, Mapping):
+            child = target.get(key)
+            if not isinstance(child, dict):
+                child = target[key] = {}
+            deep_merge(child, value)
         else:
             target[key] = value
 

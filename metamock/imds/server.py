@@ -92,12 +92,11 @@ class ImdsHandler:
         self._credential_wait = credential_wait
         self._host_verdicts: dict[str, bool] = {}
         self._routes: dict[str, Route] = {}
-        self._base = BASE_HEADERS
-        self._versions_headers = {**BASE_HEADERS, "Content-Type": TEXT}
+        self._text_headers = {**BASE_HEADERS, "Content-Type": TEXT}
         self._not_found_headers = {**BASE_HEADERS, "Content-Type": "text/html"}
 
     def _empty(self, status: int, **extra: str) -> web.Response:
-        return web.Response(status=status, headers={**self._base, "Content-Type": TEXT, **extra})
+        return web.Response(status=status, headers={**self._text_headers, **extra})
 
     def _host_allowed(self, host: str) -> bool:
         """Whether a Host header names the metadata service or a loopback listener (no Host at
@@ -174,7 +173,7 @@ class ImdsHandler:
                     return web.Response(body=node.body, headers=node.headers.copy())
             return self._not_found()
         if kind == VERSIONS:
-            return web.Response(body=_VERSIONS_BODY, headers=self._versions_headers)
+            return web.Response(body=_VERSIONS_BODY, headers=self._text_headers)
         return self._not_found()
 
     def _not_found(self) -> web.Response:
@@ -192,7 +191,7 @@ class ImdsHandler:
         self._set_hop_limit(request)
         return web.Response(
             body=self._signer.issue(ttl).encode(),
-            headers={**self._versions_headers, TTL_HEADER: str(ttl)},
+            headers={**self._text_headers, TTL_HEADER: str(ttl)},
         )
 
     def _set_hop_limit(self, request: web.BaseRequest) -> None:
