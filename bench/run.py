@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -34,62 +33,38 @@ ROLE_PATH = "/latest/meta-data/iam/security-credentials/example-task-role"
 sys.path.insert(0, str(REPO))
 
 from tests.fakes.ecs_agent import fargate_env
+from tests.netns import NetNS, create_netns
+from tests.netns import base_env as env
 
 
-class Namespace:
-    def __init__(self) -> None:
-        self.name = f"mmbench-{uuid.uuid4().hex[:8]}"
-        self.procs: list[subprocess.Popen[bytes]] = []
-        subprocess.run(["ip", "netns", "add", self.name], check=True)
-        self.sh("ip", "link", "set", "lo", "up")
-        self.sh("ip", "addr", "add", "169.254.170.2/32", "dev", "lo")
-
-    def cmd(self, *argv: str) -> list[str]:
-        return ["ip", "netns", "exec", self.name, *argv]
-
-    def sh(self, *argv: str, **kw: Any) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.cmd(*argv), check=True, capture_output=True, text=True, timeout=120, **kw)
-
-    def popen(self, *argv: str, **kw: Any) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(self.cmd(*argv), **kw)
-        self.procs.append(proc)
-        return proc
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        subprocess.run(["ip", "netns", "del", self.name], check=False)
+def sh(ns: NetNS, *argv: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """Run `argv` in the namespace; a failure raises (the benchmark stops rather than guess)."""
+    proc = ns.run(list(argv), timeout=120, **kw)
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, argv, proc.stdout, proc.stderr)
+    return proc
 
 
-def env(**extra: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ECS_", "METAMOCK_"))}
-    base["PYTHONPATH"] = str(REPO)
-    base.update(extra)
-    return base
-
-
-def wait_http(ns: Namespace, url: str, method: str = "GET", timeout: float = 20) -> None:
+def wait_http(ns: NetNS, url: str, method: str = "GET", timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     args = ["curl", "-sf", "-o", "/dev/null", "-X", method, url]
     if method == "PUT":
         args += ["-H", "X-aws-ec2-metadata-token-ttl-seconds: 60"]
-    while subprocess.run(ns.cmd(*args), check=False).returncode != 0:
+    while subprocess.run(ns.cmd(args), check=False).returncode != 0:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{url} never answered")
         time.sleep(0.05)
 
 
-def start_metamock(ns: Namespace, port: int, cpu: str = "0") -> subprocess.Popen[bytes]:
+def start_metamock(ns: NetNS, port: int, cpu: str = "0") -> subprocess.Popen[bytes]:
     return ns.popen(
-        "taskset", "-c", cpu, PY, "-m", "metamock", "serve", "--source", "ecs", "--port", str(port),
-        "--host", "127.0.0.1", "--stop-notice", "0",
+        ["taskset", "-c", cpu, PY, "-m", "metamock", "serve", "--source", "ecs", "--port", str(port),
+         "--host", "127.0.0.1", "--stop-notice", "0"],
         env=env(**fargate_env()), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
 
 
-def ready_ms(ns: Namespace, port: int) -> float:
+def ready_ms(ns: NetNS, port: int) -> float:
     """ms from spawning `metamock serve` to its first 200 on a token PUT (polled every 2 ms)."""
     url = f"http://127.0.0.1:{port}/latest/api/token"
     start = time.monotonic()
@@ -104,7 +79,7 @@ def ready_ms(ns: Namespace, port: int) -> float:
         "  if r.status==200: break\n"
         " except OSError: time.sleep(0.002)\n"
     )
-    ns.sh(PY, "-c", probe)
+    sh(ns, PY, "-c", probe)
     elapsed = (time.monotonic() - start) * 1000
     proc.kill()
     proc.wait()
@@ -112,8 +87,8 @@ def ready_ms(ns: Namespace, port: int) -> float:
     return elapsed
 
 
-def wrk(ns: Namespace, url: str, token: str, seconds: int, connections: int) -> dict[str, float]:
-    out = ns.sh(
+def wrk(ns: NetNS, url: str, token: str, seconds: int, connections: int) -> dict[str, float]:
+    out = sh(ns,
         "taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
         "-s", str(REPO / "bench" / "token.lua"), url, env={**os.environ, "TOKEN": token},
     ).stdout  # fmt: skip
@@ -132,7 +107,7 @@ def wrk(ns: Namespace, url: str, token: str, seconds: int, connections: int) -> 
 
 
 def instructions_per_request(  # noqa: PLR0917 - a bench helper, called twice
-    ns: Namespace, server: list[str], port: int, path: str, n: int, environ: dict[str, str]
+    ns: NetNS, server: list[str], port: int, path: str, n: int, environ: dict[str, str]
 ) -> int:
     """CPU instructions one request costs the server: (run with n requests - run with 0) / n,
     each run under callgrind from start to a graceful SIGTERM exit."""
@@ -147,13 +122,13 @@ def instructions_per_request(  # noqa: PLR0917 - a bench helper, called twice
     )
     totals = []
     for count in (0, n):
-        proc = ns.popen("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *server,
+        proc = ns.popen(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *server],
                         env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
         assert proc.stderr is not None
         # Ready when it answers a TCP connect; connects cost the server next to nothing.
         probe = f"import socket,time\nwhile True:\n try: socket.create_connection(('127.0.0.1',{port}),1).close(); break\n except OSError: time.sleep(0.2)\n"
-        ns.sh(PY, "-c", probe)
-        ns.sh(PY, "-c", client, str(count))
+        sh(ns, PY, "-c", probe)
+        sh(ns, PY, "-c", client, str(count))
         proc.send_signal(signal.SIGTERM)
         err = proc.stderr.read().decode()
         proc.wait()
@@ -200,30 +175,30 @@ def main() -> int:
         loop = "uvloop"
     except ImportError:
         loop = "asyncio"
-    ns = Namespace()
+    ns = create_netns("mmbench")
     results: dict[str, Any] = {"loop": loop, "connections": args.connections, "seconds": args.seconds}
     try:
-        ns.popen(PY, "-m", "tests.fakes.ecs_agent", "--host", "169.254.170.2", "--port", "80",
+        ns.popen([PY, "-m", "tests.fakes.ecs_agent", "--host", "169.254.170.2", "--port", "80"],
                  cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         wait_http(ns, "http://169.254.170.2/_calls")
 
         results["ready_ms"] = [round(ready_ms(ns, 1400 + i), 1) for i in range(3)]
         results["ready_ms_median"] = statistics.median(results["ready_ms"])
 
-        calls_at_start = json.loads(ns.sh("curl", "-sf", "http://169.254.170.2/_calls").stdout).get(
+        calls_at_start = json.loads(sh(ns, "curl", "-sf", "http://169.254.170.2/_calls").stdout).get(
             "credentials", 0
         )
         server = start_metamock(ns, 1338)
         wait_http(ns, "http://127.0.0.1:1338/latest/api/token", "PUT")
-        token = ns.sh("curl", "-sf", "-X", "PUT", "-H", "X-aws-ec2-metadata-token-ttl-seconds: 21600",
+        token = sh(ns, "curl", "-sf", "-X", "PUT", "-H", "X-aws-ec2-metadata-token-ttl-seconds: 21600",
                       "http://127.0.0.1:1338/latest/api/token").stdout  # fmt: skip
-        body = ns.sh("curl", "-sf", "-H", f"X-aws-ec2-metadata-token: {token}",
+        body = sh(ns, "curl", "-sf", "-H", f"X-aws-ec2-metadata-token: {token}",
                      f"http://127.0.0.1:1338{ROLE_PATH}").stdout  # fmt: skip
         results["rss_mb_idle"] = round(rss_mb(server_pid(server)), 1)
 
         ref_args = ["--uvloop"] if loop == "uvloop" else []
-        ref = ns.popen("taskset", "-c", "0", PY, str(REPO / "bench" / "reference_server.py"), "--port", "1339",
-                       "--size", str(len(body.encode())), *ref_args, env=env(), stdout=subprocess.DEVNULL)  # fmt: skip
+        ref = ns.popen(["taskset", "-c", "0", PY, str(REPO / "bench" / "reference_server.py"), "--port", "1339",
+                        "--size", str(len(body.encode())), *ref_args], env=env(), stdout=subprocess.DEVNULL)  # fmt: skip
         wait_http(ns, "http://127.0.0.1:1339/")
 
         # Warm both, then measure alternately so drift on the machine hits both alike.
@@ -246,7 +221,7 @@ def main() -> int:
         results["rss_mb_after_load"] = round(rss_mb(server_pid(server)), 1)
         ref.kill()
 
-        before = json.loads(ns.sh("curl", "-sf", "http://169.254.170.2/_calls").stdout).get("credentials", 0)
+        before = json.loads(sh(ns, "curl", "-sf", "http://169.254.170.2/_calls").stdout).get("credentials", 0)
         burst = (
             "import asyncio,aiohttp,json\n"
             "async def main():\n"
@@ -258,8 +233,8 @@ def main() -> int:
             " print(json.dumps({'ok': st.count(200)}))\n"
             "asyncio.run(main())\n"
         )
-        burst_out = json.loads(ns.sh("taskset", "-c", "1", PY, "-c", burst, env=env()).stdout)
-        after = json.loads(ns.sh("curl", "-sf", "http://169.254.170.2/_calls").stdout).get("credentials", 0)
+        burst_out = json.loads(sh(ns, "taskset", "-c", "1", PY, "-c", burst, env=env()).stdout)
+        after = json.loads(sh(ns, "curl", "-sf", "http://169.254.170.2/_calls").stdout).get("credentials", 0)
         results["burst_2000"] = {"answered_200": burst_out["ok"], "upstream_calls_during": after - before,
                                  "upstream_calls_since_start": after - calls_at_start}  # fmt: skip
         if args.callgrind and shutil.which("valgrind"):

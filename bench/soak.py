@@ -32,7 +32,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.run import PY, Namespace, env, rss_mb, start_metamock, wait_http
+from bench.run import PY, env, rss_mb, sh, start_metamock, wait_http
+from tests.netns import NetNS, create_netns
 
 PORT = 1338
 BASE = f"http://127.0.0.1:{PORT}"
@@ -114,10 +115,10 @@ def lua_list(items: list[str]) -> str:
     return "{" + ", ".join(json.dumps(item) for item in items) + "}"
 
 
-def run_wrk(ns: Namespace, script: Path, flag: Path, connections: int, max_seconds: int) -> dict[str, Any]:
+def run_wrk(ns: NetNS, script: Path, flag: Path, connections: int, max_seconds: int) -> dict[str, Any]:
     argv = ns.cmd(
-        "taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{max_seconds}s", "--timeout", "5s",
-        "--latency", "-s", str(script), BASE + "/",
+        ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{max_seconds}s", "--timeout", "5s",
+         "--latency", "-s", str(script), BASE + "/"]
     )  # fmt: skip
     flag.unlink(missing_ok=True)
     start = time.monotonic()
@@ -181,16 +182,16 @@ def main() -> int:
     if os.geteuid() != 0 or not shutil.which("wrk"):
         print("soak: needs root (network namespaces) and wrk (apt-get install wrk)", file=sys.stderr)
         return 2
-    ns = Namespace()
+    ns = create_netns("mmsoak")
     work = Path(tempfile.mkdtemp(prefix="metamock-soak-"))
     results: dict[str, Any] = {"requests": args.requests, "connections": args.connections}
     try:
-        ns.popen(PY, "-m", "tests.fakes.ecs_agent", "--host", "169.254.170.2", "--port", "80",
+        ns.popen([PY, "-m", "tests.fakes.ecs_agent", "--host", "169.254.170.2", "--port", "80"],
                  cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         wait_http(ns, "http://169.254.170.2/_calls")
         server = start_metamock(ns, PORT)
         wait_http(ns, f"{BASE}/latest/api/token", "PUT")
-        paths: list[str] = json.loads(ns.sh(PY, "-c", WALK % {"port": PORT}).stdout)
+        paths: list[str] = json.loads(sh(ns, PY, "-c", WALK % {"port": PORT}).stdout)
         results["paths"] = len(paths)
         results["rss_mb_start"] = round(rss_mb(server.pid), 2)
 

@@ -8,19 +8,18 @@ namespaces that the `netns` fixture creates with nothing but `lo`.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import os
 import shutil
 import socket
-import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.netns import NetNS, create_netns
 
 # Fixtures shared by the ECS test modules (`clock`, `agent`, `sleeper`); a module may override them.
 pytest_plugins = ["tests.ecs_support"]
@@ -110,62 +109,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = 1
 
 
-class NetNS:
-    """A throwaway network namespace with only `lo`, shaped like an ECS task's view."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def cmd(self, argv: list[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.name, *argv]
-
-    def run(self, argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
-        kw.setdefault("capture_output", True)
-        kw.setdefault("text", True)
-        kw.setdefault("timeout", 60)
-        return subprocess.run(self.cmd(argv), check=False, **kw)
-
-    def popen(self, argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(self.cmd(argv), **kw)
-        self.procs.append(proc)
-        return proc
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            for stream in (proc.stdin, proc.stdout, proc.stderr):
-                if stream is not None:
-                    stream.close()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
-        pids = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True, check=False)
-        for pid in pids.stdout.split():
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pid), 9)
-        subprocess.run(["ip", "netns", "del", self.name], check=False, capture_output=True)
-
-
 def make_netns(*, ecs_shaped: bool = True, imds_routes: bool = False) -> NetNS:
     require_root()
-    name = f"mmt-{uuid.uuid4().hex[:10]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    ns = NetNS(name)
-    try:
-        ns_ip = ["ip", "netns", "exec", name, "ip"]
-        subprocess.run([*ns_ip, "link", "set", "lo", "up"], check=True)
-        if ecs_shaped:
-            subprocess.run([*ns_ip, "addr", "add", "169.254.170.2/32", "dev", "lo"], check=True)
-        if imds_routes:
-            subprocess.run(
-                [*ns_ip, "route", "add", "169.254.169.254/32", "dev", "lo", "src", "127.0.0.1"], check=True
-            )
-            subprocess.run([*ns_ip, "-6", "route", "add", "fd00:ec2::254/128", "dev", "lo"], check=True)
-    except BaseException:
-        ns.close()
-        raise
-    return ns
+    return create_netns(ecs_shaped=ecs_shaped, imds_routes=imds_routes)
 
 
 @pytest.fixture

@@ -4,26 +4,15 @@ to run `metamock serve` and clients in it. Everything here runs inside a namespa
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from tests.conftest import NetNS
 from tests.fakes.ecs_agent import fargate_env
+from tests.netns import REPO, NetNS, base_env
 
-REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
-
-
-def base_env(**extra: str) -> dict[str, str]:
-    """The test process's (already scrubbed) environment plus `extra`, with the repo importable."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ECS_", "METAMOCK_"))}
-    env["PYTHONPATH"] = str(REPO)
-    env.update(extra)
-    return env
 
 
 def wait_until(ns: NetNS, argv: list[str], timeout: float = 20.0, env: dict[str, str] | None = None) -> None:
