@@ -21,7 +21,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from metamock.imds.limits import ConnectionLimits, LimitedServer
 from metamock.imds.tokens import MAX_TTL, MIN_TTL, TokenSigner
 from metamock.imds.tree import BASE_HEADERS, TEXT, Tree
-from metamock.translate import API_VERSIONS
+from metamock.imds.versions import API_VERSIONS
 
 log = logging.getLogger(__name__)
 
