@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from metamock.runtime import install_process_effects
 from tests.hardening_support import (
     HEALTH,
     ErrorRecords,
@@ -39,6 +40,7 @@ FUZZ = settings(
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServiceThread]:
+    install_process_effects()  # as `serve` does at start-up: aiohttp's own 400s say EC2ws, log nothing
     with service_thread() as thread:
         yield thread
 
