@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import resource
 import socket
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple, Protocol
@@ -218,24 +217,16 @@ MAX_LINE = 16384
 MAX_FIELD = 16384
 
 
-def default_max_connections() -> int:
-    """4096 concurrent connections, or fewer when the open-files limit is lower: past that limit
-    accept() fails with EMFILE in a loop, worse than closing the newest connection at once."""
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return 4096
-    return max(16, min(4096, soft - 64))
-
-
-def make_server(handler: Handler) -> web.Server:
-    """aiohttp's low-level server around `handler`, without an access log (it would log paths at
-    a rate that costs more than the answers).
+def make_server(handler: Handler, *, limits: ConnectionLimits | None = None) -> LimitedServer:
+    """aiohttp's low-level server around `handler` within `limits` (default: the production
+    `ConnectionLimits()`), without an access log (it would log paths at a rate that costs more
+    than the answers).
 
     Process-wide settings (the `Server` banner of aiohttp's own 400s, the aiohttp log filter) are
     not made here: `metamock.runtime.install_process_effects()` makes them once at start-up."""
     return LimitedServer(
         handler,
-        limits=ConnectionLimits(max_connections=default_max_connections()),
+        limits=limits,
         access_log=None,
         max_line_size=MAX_LINE,
         max_field_size=MAX_FIELD,
