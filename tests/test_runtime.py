@@ -1,11 +1,13 @@
 """The process-wide effects (metamock.runtime): made once, idempotently, and by nothing else;
-and, through `metamock serve` as a user runs it, aiohttp's own 400s carrying the EC2 banner."""
+and, through the CLI as a user runs it, what they are for: aiohttp's own 400s carry the EC2
+banner and log nothing (`serve`), botocore logs no secret at debug level (`doctor -v`)."""
 
 from __future__ import annotations
 
 import logging
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -15,7 +17,9 @@ from aiohttp.http_exceptions import BadHttpMessage
 from metamock.imds.server import make_server
 from metamock.runtime import DropClientErrors, install_process_effects
 from tests.ecs_netns import run_python, start_fake_agent, start_metamock
-from tests.netns import NetNS, base_env
+from tests.ecs_support import SECRETS
+from tests.fakes.ecs_agent import fargate_env
+from tests.netns import REPO, NetNS, base_env
 
 QUIETED = ("botocore", "aiobotocore")
 
@@ -131,3 +135,19 @@ def test_serve_answers_malformed_requests_as_ec2_and_logs_nothing(netns: NetNS) 
         assert "\r\nserver: ec2ws\r\n" in head + "\r\n", answer[:200]
         assert "aiohttp" not in head and "python" not in head, answer[:200]
     assert "t\\x00ken" not in log and "Error handling request" not in log, log[-2000:]
+
+
+@pytest.mark.root
+def test_doctor_at_debug_logs_no_session_token(netns: NetNS) -> None:
+    """`metamock doctor -v` signs an STS call with the task's credentials; botocore logs the
+    canonical request (the session token in it) at DEBUG unless quieted."""
+    start_fake_agent(netns)
+    env = base_env(
+        **fargate_env(), AWS_CONFIG_FILE="/nonexistent", AWS_SHARED_CREDENTIALS_FILE="/nonexistent"
+    )
+    done = netns.run([sys.executable, "-m", "metamock", "doctor", "-v"], cwd=REPO, env=env)
+    out = done.stdout + done.stderr
+    assert "sts" in out, out[-2000:]
+    leaked = [secret[:6] + "..." for secret in SECRETS if secret in out]
+    assert not leaked, f"secrets in doctor's output: {leaked}"
+    assert " DEBUG botocore" not in out, out[-2000:]
