@@ -3,16 +3,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import pytest
+from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from metamock.imds.limits import ConnectionLimits, LimitedServer, default_max_connections
+from metamock.imds.server import ImdsHandler, make_server
+from metamock.runtime import install_process_effects
+from metamock.service import Service
 from tests.hardening_support import (
     HEALTH,
     ErrorRecords,
@@ -20,13 +27,13 @@ from tests.hardening_support import (
     exchange,
     free_port,
     healthy,
-    read_all,
     rss_kb,
     service_thread,
     spawn_serve,
     statuses,
     wait_ready,
 )
+from tests.imds_fixtures import running_service
 
 ROLE = "/latest/meta-data/iam/security-credentials/example-task-role"
 FUZZ = settings(
@@ -39,8 +46,22 @@ FUZZ = settings(
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServiceThread]:
+    install_process_effects()  # as `serve` does at start-up: aiohttp's own 400s say EC2ws, log nothing
     with service_thread() as thread:
         yield thread
+
+
+@asynccontextmanager
+async def imds_listener(service: Service, limits: ConnectionLimits) -> AsyncIterator[int]:
+    """`service`'s handler behind `make_server(limits=...)` on 127.0.0.1: the port."""
+    runner = web.ServerRunner(make_server(ImdsHandler(service, service.tokens), limits=limits))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield site.port
+    finally:
+        await runner.cleanup()
 
 
 @pytest.fixture
@@ -237,15 +258,36 @@ def test_other_methods_are_refused(server: ServiceThread, crashes: ErrorRecords,
     assert code in (400, 405)
 
 
-def test_a_half_sent_request_is_closed_at_the_header_deadline(server: ServiceThread) -> None:
-    """Needs the connection limits wired into the server (metamock.imds.limits, 10 s deadline)."""
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        sock.sendall(b"GET /latest/meta-data/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+async def test_a_half_sent_request_is_closed_at_the_header_deadline() -> None:
+    """The real handler and server factory over a real socket, with a 0.3 s header deadline
+    (production: 10 s, pinned by the next test): the half-sent request is cut, not served."""
+    deadline = 0.3
+    async with (
+        running_service() as service,
+        imds_listener(service, ConnectionLimits(header_timeout=deadline)) as port,
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /latest/meta-data/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
         start = time.monotonic()
-        tail = read_all(sock, idle=16, total=16)
+        try:
+            tail = await asyncio.wait_for(reader.read(), 5)
+        except ConnectionError:
+            tail = b""
         took = time.monotonic() - start
+        writer.close()
     assert statuses(tail) in ([], [400], [408])
-    assert took < 14, f"a half-sent request held its connection for {took:.1f} s"
+    assert deadline * 0.8 < took < deadline + 1.5, f"a half-sent request held its connection for {took:.2f} s"
+
+
+def test_the_service_runs_with_the_production_limits(server: ServiceThread) -> None:
+    """What `serve` wires: `make_server`'s default limits, the values docs/hardening.md lists."""
+    assert server.service is not None
+    runner = server.service._runner
+    assert runner is not None and isinstance(runner.server, LimitedServer)
+    limits = runner.server.limits
+    assert limits == ConnectionLimits()
+    assert (limits.header_timeout, limits.idle_timeout, limits.max_header_bytes) == (10.0, 30.0, 65536)
+    assert limits.max_connections == default_max_connections()
 
 
 def test_slow_clients_do_not_starve_the_others(server: ServiceThread, crashes: ErrorRecords) -> None:

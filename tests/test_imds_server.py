@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -279,3 +281,17 @@ async def test_a_scenario_flag_starts_the_scenario() -> None:
         assert resp.status == 200
         assert json.loads(resp.body)["action"] == "stop"
         assert b"spot/" in (await request(svc.port, "GET", "/latest/meta-data/")).body
+
+
+def test_the_http_face_imports_no_translation_settings_or_scenarios() -> None:
+    """The server routes on API_VERSIONS, which lives with it (metamock.imds.versions): importing
+    it must not pull in the translation and, through it, the settings and the scenarios."""
+    code = (
+        "import sys, metamock.imds.server; print(' '.join(sorted(m for m in sys.modules if 'metamock' in m)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    loaded = set(done.stdout.split())
+    assert "metamock.imds.server" in loaded
+    assert not loaded & {"metamock.translate", "metamock.settings", "metamock.scenarios"}, sorted(loaded)

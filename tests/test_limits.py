@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import resource
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 from aiohttp import web
 
-from metamock.imds.limits import ConnectionLimits, LimitedServer, limited
+from metamock.imds.limits import ConnectionLimits, LimitedServer, default_max_connections, limited
+from metamock.imds.server import make_server
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
@@ -20,7 +23,7 @@ async def _ok(request: web.BaseRequest) -> web.Response:
 
 
 @asynccontextmanager
-async def limited_server(**limits: float) -> AsyncIterator[tuple[LimitedServer, int]]:
+async def limited_server(**limits: Any) -> AsyncIterator[tuple[LimitedServer, int]]:
     server = LimitedServer(_ok, limits=ConnectionLimits(**limits), access_log=None)
     runner = web.ServerRunner(server)
     await runner.setup()
@@ -217,3 +220,20 @@ def test_limits_are_checked() -> None:
         ConnectionLimits(header_timeout=0)
     assert ConnectionLimits().sweep_interval == 1.0
     assert ConnectionLimits(header_timeout=0.4).sweep_interval == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    ("soft", "cap"), [(resource.RLIM_INFINITY, 4096), (1_048_576, 4096), (1024, 960), (40, 16)]
+)
+def test_the_default_cap_follows_the_open_files_limit(
+    monkeypatch: pytest.MonkeyPatch, soft: int, cap: int
+) -> None:
+    monkeypatch.setattr(resource, "getrlimit", lambda _which: (soft, resource.RLIM_INFINITY))
+    assert default_max_connections() == cap
+    assert ConnectionLimits().max_connections == cap  # the production limits are the defaults
+
+
+async def test_make_server_takes_the_limits_it_is_given() -> None:
+    short = ConnectionLimits(header_timeout=0.3)
+    assert make_server(_ok, limits=short).limits is short
+    assert make_server(_ok).limits == ConnectionLimits()

@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -41,11 +42,21 @@ log = logging.getLogger(__name__)
 _END = b"\r\n\r\n"
 
 
+def default_max_connections() -> int:
+    """4096 concurrent connections, or fewer when the open-files limit is lower: past that limit
+    accept() fails with EMFILE in a loop, worse than closing the newest connection at once."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 4096
+    return max(16, min(4096, soft - 64))
+
+
 @dataclass(frozen=True)
 class ConnectionLimits:
-    """Per-server limits; defaults fit a sidecar serving one task's processes."""
+    """Per-server limits. The defaults are the production limits (`metamock serve` runs with
+    `ConnectionLimits()`); they fit a sidecar serving one task's processes."""
 
-    max_connections: int = 1024
+    max_connections: int = field(default_factory=default_max_connections)
     header_timeout: float = 10.0
     idle_timeout: float = 30.0
     max_header_bytes: int = 65536

@@ -10,18 +10,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import resource
 import socket
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple, Protocol
 
-from aiohttp import web, web_response
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp import web
 
 from metamock.imds.limits import ConnectionLimits, LimitedServer
 from metamock.imds.tokens import MAX_TTL, MIN_TTL, TokenSigner
 from metamock.imds.tree import BASE_HEADERS, TEXT, Tree
-from metamock.translate import API_VERSIONS
+from metamock.imds.versions import API_VERSIONS
 
 log = logging.getLogger(__name__)
 
@@ -219,36 +217,16 @@ MAX_LINE = 16384
 MAX_FIELD = 16384
 
 
-def default_max_connections() -> int:
-    """4096 concurrent connections, or fewer when the open-files limit is lower: past that limit
-    accept() fails with EMFILE in a loop, worse than closing the newest connection at once."""
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return 4096
-    return max(16, min(4096, soft - 64))
+def make_server(handler: Handler, *, limits: ConnectionLimits | None = None) -> LimitedServer:
+    """aiohttp's low-level server around `handler` within `limits` (default: the production
+    `ConnectionLimits()`), without an access log (it would log paths at a rate that costs more
+    than the answers).
 
-
-class _DropClientErrors(logging.Filter):
-    """aiohttp logs malformed requests at ERROR with the offending bytes (maybe a token). A bad
-    request is the client's problem: it gets a 400 and we log nothing."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, HttpProcessingError)
-
-
-def make_server(handler: Handler) -> web.Server:
-    """aiohttp's low-level server around `handler`, without an access log (it would log paths at
-    a rate that costs more than the answers)."""
-    # aiohttp answers malformed requests itself (400) with `Server: Python/x aiohttp/y`; EC2 says
-    # EC2ws, and a version banner helps nobody but an attacker. Only server responses read this.
-    web_response.SERVER_SOFTWARE = "EC2ws"  # type: ignore[attr-defined]
-    server_log = logging.getLogger("aiohttp.server")
-    if not any(isinstance(f, _DropClientErrors) for f in server_log.filters):
-        server_log.addFilter(_DropClientErrors())
+    Process-wide settings (the `Server` banner of aiohttp's own 400s, the aiohttp log filter) are
+    not made here: `metamock.runtime.install_process_effects()` makes them once at start-up."""
     return LimitedServer(
         handler,
-        limits=ConnectionLimits(max_connections=default_max_connections()),
+        limits=limits,
         access_log=None,
         max_line_size=MAX_LINE,
         max_field_size=MAX_FIELD,

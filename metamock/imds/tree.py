@@ -28,8 +28,10 @@ class Leaf:
     expires: float | None = None  # epoch seconds after which the leaf must not be served
 
 
-# Headers every answer carries, as EC2 sends them.
-BASE_HEADERS = {"Server": "EC2ws", "Accept-Ranges": "none"}
+# Headers every answer carries, as EC2 sends them (metamock.runtime gives aiohttp's own answers
+# the same banner).
+SERVER = "EC2ws"
+BASE_HEADERS = {"Server": SERVER, "Accept-Ranges": "none"}
 
 
 @dataclass
