@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from metamock.runtime import install_process_effects
 from tests.netns import NetNS, create_netns
 
 # Fixtures shared by the ECS test modules (`clock`, `agent`, `sleeper`); a module may override them.
@@ -75,6 +76,12 @@ def _no_real_metadata(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.
 
     monkeypatch.setattr(socket.socket, "connect", connect)
     monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # What every metamock process does at start-up (the banner, quiet botocore), so in-process
+    # services in tests behave like `metamock serve` whichever test module runs first.
+    install_process_effects()
 
 
 # ---- root / network-namespace tests -------------------------------------------------------

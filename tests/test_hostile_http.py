@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 
 from metamock.imds.limits import ConnectionLimits, LimitedServer, default_max_connections
 from metamock.imds.server import ImdsHandler, make_server
-from metamock.runtime import install_process_effects
 from metamock.service import Service
 from tests.hardening_support import (
     HEALTH,
@@ -46,7 +45,6 @@ FUZZ = settings(
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServiceThread]:
-    install_process_effects()  # as `serve` does at start-up: aiohttp's own 400s say EC2ws, log nothing
     with service_thread() as thread:
         yield thread
 
