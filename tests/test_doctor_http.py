@@ -167,7 +167,10 @@ async def test_full_uri_that_sdks_refuse_fails_without_connecting(tmp_path: Path
     env = {"AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://10.1.2.3/creds"}
     checks = await _run(credentials.checks, context(env, tmp_path))
     assert checks["credentials-endpoint"].status is Status.FAIL
-    assert "neither https nor" in checks["credentials-endpoint"].detail
+    # The very words `metamock serve` would refuse it with (one decision, ecs.client).
+    assert "host '10.1.2.3' is not loopback, https" in checks["credentials-endpoint"].detail
+    assert "`metamock serve` refuses this value" in checks["credentials-endpoint"].fix
+    assert checks["credentials-token-file"].status is Status.SKIP
 
 
 # ---- the server ------------------------------------------------------------------------------

@@ -6,9 +6,11 @@ from typing import Any
 
 from metamock.doctor.blocking import in_daemon_thread
 from metamock.doctor.context import CheckFailed, DoctorContext
-from metamock.doctor.credentials import endpoint_of, fetch_container_credentials
+from metamock.doctor.credentials import fetch_container_credentials
 from metamock.doctor.report import Check, failed, passed, skipped
 from metamock.doctor.server import server_credentials
+from metamock.ecs.client import credentials_endpoint
+from metamock.errors import SettingsError
 from metamock.sources.base import Credentials
 
 NAMES = ("sts",)
@@ -64,7 +66,11 @@ async def checks(ctx: DoctorContext, out: list[Check]) -> None:
     if ctx.offline:
         out.append(skipped("sts", "--offline: AWS not called"))
         return
-    ep = endpoint_of(ctx.environ)
+    try:
+        ep = credentials_endpoint(ctx.environ)
+    except SettingsError:
+        out.append(skipped("sts", "no credentials to try (credentials-endpoint failed)"))
+        return
     try:
         if ep is not None:
             source = "the container endpoint"
