@@ -21,6 +21,7 @@ from metamock.doctor.runner import GROUPS, Group, run_checks
 from metamock.secrets import Secret
 from metamock.service import Service
 from metamock.settings import Settings
+from metamock.sources import local
 from metamock.sources.base import Credentials, TaskFacts
 from metamock.sources.static import StaticSource
 from tests.doctor_hang import hanging
@@ -167,7 +168,10 @@ async def test_full_uri_that_sdks_refuse_fails_without_connecting(tmp_path: Path
     env = {"AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://10.1.2.3/creds"}
     checks = await _run(credentials.checks, context(env, tmp_path))
     assert checks["credentials-endpoint"].status is Status.FAIL
-    assert "neither https nor" in checks["credentials-endpoint"].detail
+    # The very words `metamock serve` would refuse it with (one decision, ecs.client).
+    assert "host '10.1.2.3' is not loopback, https" in checks["credentials-endpoint"].detail
+    assert "`metamock serve` refuses this value" in checks["credentials-endpoint"].fix
+    assert checks["credentials-token-file"].status is Status.SKIP
 
 
 # ---- the server ------------------------------------------------------------------------------
@@ -265,6 +269,24 @@ async def test_sts_passes_with_server_credentials(tmp_path: Path, moto_server: s
         checks = await _run(sts.checks, context(env, tmp_path, port=port))
     assert checks["sts"].status is Status.PASS, checks["sts"]
     assert "from the server" in checks["sts"].detail
+
+
+async def test_sts_skips_metamocks_own_fake_credentials(tmp_path: Path) -> None:
+    """The local source without AWS credentials: AWS would refuse the key, so it is not asked."""
+    fake = Credentials(
+        access_key_id=local.FAKE_ACCESS_KEY_ID,
+        secret_access_key=Secret(local.FAKE_SECRET_ACCESS_KEY),
+        token=Secret(local.FAKE_TOKEN),
+        expiration=time.time() + 6 * 3600,
+        last_updated=time.time(),
+        role_arn=f"arn:aws:iam::123456789012:role/{local.LOCAL_ROLE_NAME}",
+    )
+    async with running_server(fake) as port:
+        env = {"AWS_ENDPOINT_URL_STS": f"http://127.0.0.1:{_closed_port()}"}  # would fail if asked
+        checks = await _run(sts.checks, context(env, tmp_path, port=port))
+    assert checks["sts"].status is Status.SKIP, checks["sts"]
+    assert "metamock's own fake credentials" in checks["sts"].detail
+    assert "--profile" in checks["sts"].fix
 
 
 async def test_sts_unreachable_fails_and_offline_skips(agent: FakeEcsAgent, tmp_path: Path) -> None:

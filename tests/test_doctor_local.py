@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from metamock.doctor import environment, process, proxy, redirect
+from metamock.doctor import environment, place, process, proxy, redirect
 from metamock.doctor.report import Status
 from tests.doctor_support import NO_CAPS, assert_no_secrets, context, fake_proc
 from tests.fakes.ecs_agent import AUTH_TOKEN, fargate_env
@@ -60,21 +60,56 @@ def test_ecs_env_pass_and_failures(tmp_path: Path) -> None:
 # ---- capabilities / PID 1 / dev-log / agents ------------------------------------------------
 
 
-def test_capabilities_pass_with_both_and_warn_without(tmp_path: Path) -> None:
+SIDECAR_ARGV = ("/usr/bin/python3", "-m", "metamock", "sidecar", "--port", "1338")
+EC2 = {"AWS_EXECUTION_ENV": "AWS_ECS_EC2", "ECS_CONTAINER_METADATA_URI_V4": "http://169.254.170.2/v4/x"}
+
+
+def _pid1_unreadable(proc: Path) -> Path:
+    (proc / "1" / "environ").unlink()  # as root a mode cannot hide it; a missing file can
+    return proc
+
+
+def test_capabilities_pass_with_both(tmp_path: Path) -> None:
     assert process.check_capabilities(context({}, tmp_path)).status is Status.PASS
-    ctx = context({}, tmp_path, proc_root=fake_proc(tmp_path, cap_eff=NO_CAPS))
+
+
+def test_capabilities_warn_only_for_what_this_place_needs(tmp_path: Path) -> None:
+    # A laptop: neither is needed (no redirect to set up here, nothing to re-export).
+    ctx = context({}, tmp_path, proc_root=_pid1_unreadable(fake_proc(tmp_path, cap_eff=NO_CAPS)))
     check = process.check_capabilities(ctx)
+    assert check.status is Status.PASS, check
+    assert "not needed off ECS" in check.detail
+    # The sidecar on ECS on EC2 with PID 1's environment unreadable: both are needed.
+    proc = _pid1_unreadable(fake_proc(tmp_path, cap_eff=NO_CAPS, pid1_argv=SIDECAR_ARGV))
+    check = process.check_capabilities(context(EC2, tmp_path, proc_root=proc))
     assert check.status is Status.WARN
-    assert "missing NET_ADMIN, SYS_PTRACE" in check.detail
-    assert "AWS_EC2_METADATA_SERVICE_ENDPOINT" in check.fix
+    assert check.detail.endswith("missing NET_ADMIN, SYS_PTRACE")
+    assert "linuxParameters.capabilities.add" in check.fix
+    assert "AWS_EC2_METADATA_SERVICE_ENDPOINT=http://127.0.0.1:1338/" in check.fix
+    # An application container on Fargate: NET_ADMIN is never granted there; SYS_PTRACE is
+    # needed only because PID 1 cannot be read.
+    proc = _pid1_unreadable(fake_proc(tmp_path, cap_eff=NO_CAPS))
+    check = process.check_capabilities(context(FARGATE, tmp_path, proc_root=proc))
+    assert check.status is Status.WARN
+    assert check.detail.endswith("missing SYS_PTRACE")
+    assert "Fargate never grants it" in check.detail
+
+
+def test_capabilities_in_a_healthy_fargate_sidecar_pass(tmp_path: Path) -> None:
+    proc = fake_proc(tmp_path, cap_eff=NO_CAPS, pid1_argv=SIDECAR_ARGV, pid1_env=FARGATE)
+    check = process.check_capabilities(context(FARGATE, tmp_path, proc_root=proc))
+    assert check.status is Status.PASS, check
+    assert "PID 1's environment is readable" in check.detail
 
 
 def test_capabilities_bits(tmp_path: Path) -> None:
     only_ptrace = f"{1 << 19:016x}"
     ctx = context({}, tmp_path, proc_root=fake_proc(tmp_path, cap_eff=only_ptrace))
     check = process.check_capabilities(ctx)
-    assert "SYS_PTRACE" in check.detail
-    assert check.detail.endswith("missing NET_ADMIN")
+    assert check.detail.startswith(f"CapEff {only_ptrace}: SYS_PTRACE;")
+    only_net_admin = f"{1 << 12:016x}"
+    ctx = context({}, tmp_path, proc_root=fake_proc(tmp_path, cap_eff=only_net_admin))
+    assert process.check_capabilities(ctx).detail.startswith(f"CapEff {only_net_admin}: NET_ADMIN;")
 
 
 def test_pid1_environ_readable_and_missing(tmp_path: Path) -> None:
@@ -223,3 +258,71 @@ def test_no_secret_from_the_environment_in_local_checks(tmp_path: Path) -> None:
         redirect.check_endpoint_env(ctx, redirect_ok=False),
     ]
     assert_no_secrets(checks)
+
+
+# ---- where doctor runs ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("environ", "pid1_argv", "kind", "command"),
+    [
+        (FARGATE, SIDECAR_ARGV, place.Kind.SIDECAR, "sidecar"),
+        ({}, SIDECAR_ARGV, place.Kind.SIDECAR, "sidecar"),  # `metamock sidecar` tried on a laptop
+        (FARGATE, ("/usr/local/bin/metamock", "serve"), place.Kind.SIDECAR, "serve"),
+        ({}, ("/usr/local/bin/metamock", "serve"), place.Kind.LOCAL, None),  # the laptop's own
+        (FARGATE, ("/usr/bin/python3", "-m", "metamock", "doctor"), place.Kind.TASK, None),
+        (FARGATE, ("/app/server",), place.Kind.TASK, None),
+        ({}, ("/sbin/init",), place.Kind.LOCAL, None),
+    ],
+)
+def test_place_of(
+    environ: dict[str, str],
+    pid1_argv: tuple[str, ...],
+    kind: place.Kind,
+    command: str | None,
+    tmp_path: Path,
+) -> None:
+    ctx = context(environ, tmp_path, proc_root=fake_proc(tmp_path, pid1_argv=pid1_argv))
+    where = place.place_of(ctx)
+    assert (where.kind, where.command) == (kind, command)
+    assert where.fargate is (environ == FARGATE)
+
+
+def test_place_from_pid1_environment_when_ours_was_emptied(tmp_path: Path) -> None:
+    proc = fake_proc(tmp_path, pid1_argv=SIDECAR_ARGV, pid1_env=FARGATE)
+    where = place.place_of(context({}, tmp_path, proc_root=proc))
+    assert (where.kind, where.fargate, where.why) == (place.Kind.SIDECAR, True, "PID 1 is `metamock sidecar`")
+
+
+def test_endpoint_variable_in_the_sidecar_itself_is_not_a_failure(tmp_path: Path) -> None:
+    proc = fake_proc(tmp_path, cap_eff=NO_CAPS, pid1_argv=SIDECAR_ARGV, pid1_env=FARGATE)
+    check = redirect.check_endpoint_env(context(FARGATE, tmp_path, proc_root=proc), redirect_ok=False)
+    assert check.status is Status.SKIP, check
+    assert "metamock's own container (PID 1 is `metamock sidecar`)" in check.detail
+    assert "the agents the sidecar starts get AWS_EC2_METADATA_SERVICE_ENDPOINT=http://127.0.0.1:1338/" in (
+        check.detail
+    )
+    assert "unless the redirect" not in check.detail  # Fargate: there is none
+
+
+def test_endpoint_variable_fix_fits_the_place(tmp_path: Path) -> None:
+    laptop = redirect.check_endpoint_env(context({}, tmp_path), redirect_ok=False)
+    assert laptop.status is Status.FAIL
+    assert laptop.fix.startswith("`export AWS_EC2_METADATA_SERVICE_ENDPOINT=http://127.0.0.1:1338/`")
+    assert "container" not in laptop.fix
+    fargate = redirect.check_endpoint_env(context(FARGATE, tmp_path), redirect_ok=False)
+    assert "Fargate grants no NET_ADMIN" in fargate.fix
+    ec2 = redirect.check_endpoint_env(context(EC2, tmp_path), redirect_ok=False)
+    assert "give the metamock container NET_ADMIN" in ec2.fix
+
+
+def test_dev_log_matters_in_the_sidecar_only_when_it_runs_programs(tmp_path: Path) -> None:
+    bare = fake_proc(tmp_path, pid1_argv=SIDECAR_ARGV)
+    check = process.check_dev_log(context(FARGATE, tmp_path, proc_root=bare))
+    assert check.status is Status.SKIP
+    assert "runs no agents" in check.detail
+    with_agent = fake_proc(tmp_path, pid1_argv=(*SIDECAR_ARGV, "--agent", "ssm"))
+    assert process.check_dev_log(context(FARGATE, tmp_path, proc_root=with_agent)).status is Status.WARN
+    assert (
+        process.check_pid1(context(FARGATE, tmp_path, proc_root=bare)).detail == "PID 1 is `metamock sidecar`"
+    )

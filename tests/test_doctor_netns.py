@@ -65,6 +65,10 @@ def details(res: subprocess.CompletedProcess[str]) -> dict[str, str]:
     return {c["name"]: c["detail"] for c in json.loads(res.stdout)["checks"]}
 
 
+def fixes(res: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    return {c["name"]: c["fix"] for c in json.loads(res.stdout)["checks"]}
+
+
 @pytest.fixture(scope="module")
 def task_ns() -> Iterator[NetNS]:
     """One task-shaped namespace for the module: fake ECS agent, metamock serve, moto_server."""
@@ -240,12 +244,17 @@ def test_without_net_admin_the_endpoint_variable_decides(task_ns: NetNS) -> None
     res = doctor(task_ns, healthy_env(), "--json", "--offline", wrap=no_net_admin)
     seen = statuses(res)
     assert res.returncode == 0, res.stdout
-    assert (seen["capabilities"], seen["redirect"], seen["endpoint-env"]) == ("warn", "skip", "pass")
+    # Fargate never grants NET_ADMIN: nothing to warn about, the endpoint variable carries it.
+    assert (seen["capabilities"], seen["redirect"], seen["endpoint-env"]) == ("pass", "skip", "pass")
+    assert "Fargate never grants it" in details(res)["capabilities"]
     env = healthy_env()
     del env["AWS_EC2_METADATA_SERVICE_ENDPOINT"]
     res = doctor(task_ns, env, "--json", "--offline", wrap=no_net_admin)
     assert res.returncode == 1
     assert statuses(res)["endpoint-env"] == "fail"
+    fix = fixes(res)["endpoint-env"]
+    assert f"set AWS_EC2_METADATA_SERVICE_ENDPOINT={ENDPOINT} in this container definition" in fix
+    assert "Fargate grants no NET_ADMIN" in fix
 
 
 def test_broken_task(netns: NetNS) -> None:
@@ -280,14 +289,19 @@ def test_everything_hanging_finishes_in_time(netns: NetNS) -> None:
 
 
 def test_unprivileged_user_cannot_read_pid1(netns: NetNS) -> None:
-    """A non-root app container: no capabilities, PID 1 (root) unreadable."""
+    """A non-root app container: no capabilities, PID 1 (root) unreadable: SYS_PTRACE is needed."""
     inner = (
         "setpriv --reuid=65534 --regid=65534 --clear-groups "
         f"{PY} -m metamock doctor --json --offline --port {PORT}; true"
     )
-    res = netns.run([*IN_PIDNS, "sh", "-c", inner], env=clean_env(), cwd=REPO)
+    res = netns.run([*IN_PIDNS, "sh", "-c", inner], env=clean_env(**fargate_env()), cwd=REPO)
     assert_no_secrets(res.stdout, res.stderr)
     seen = statuses(res)
     assert (seen["capabilities"], seen["pid1-environ"], seen["redirect"]) == ("warn", "warn", "skip")
+    assert details(res)["capabilities"].endswith("missing SYS_PTRACE")
     assert details(res)["pid1-environ"] == "/proc/1/environ: permission denied"
     assert "PID 1: unreadable" in details(res)["endpoint-env"]
+    # The same user off ECS (a laptop): nothing to re-export, so nothing to warn about.
+    res = netns.run([*IN_PIDNS, "sh", "-c", inner], env=clean_env(), cwd=REPO)
+    seen = statuses(res)
+    assert (seen["capabilities"], seen["pid1-environ"]) == ("pass", "skip"), res.stdout

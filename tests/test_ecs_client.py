@@ -115,7 +115,8 @@ def test_relative_wins_over_full_and_token_file_over_token(tmp_path: Path) -> No
     }
     endpoints = Endpoints.from_environ(env)
     assert endpoints.credentials_url == f"http://169.254.170.2{RELATIVE_URI}"
-    assert endpoints.token_file == tmp_path / "token"
+    assert endpoints.credentials is not None
+    assert endpoints.credentials.token_file == tmp_path / "token"
     assert "plain" not in repr(endpoints)
 
 

@@ -382,3 +382,36 @@ def test_unreadable_environ_names_sys_ptrace() -> None:
     assert len(lines) == 1, lines
     assert "SYS_PTRACE" in lines[0]
     assert "same uid" in lines[0]
+
+
+def test_nothing_to_export_is_said_on_stderr() -> None:
+    """A process without ECS variables: the header alone on stdout (exit 0), and one line why."""
+    proc = subprocess.Popen(["sleep", "60"], env={"PATH": "/usr/bin:/bin", "HOME": "/root"})
+    try:
+        wait_exec(proc.pid)
+        result = subprocess.run(
+            [PY, "-m", "metamock", "env", "export", "--pid", str(proc.pid)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            cwd=REPO,
+        )
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert result.returncode == 0
+    assert result.stdout == f"# {envexport.HEADER}\n"
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"metamock env export: nothing to export from pid {proc.pid}: ")
+    assert "AWS_CONTAINER_CREDENTIALS_*, " in result.stderr
+    assert "ECS_CONTAINER_METADATA_URI*" in result.stderr
+
+
+def test_something_to_export_says_nothing_on_stderr(
+    target: tuple[int, dict[str, bytes]], tmp_path: Path
+) -> None:
+    pid, _ = target
+    result = export(pid, "shell", tmp_path / "out.sh")
+    assert result.returncode == 0
+    assert result.stderr == ""

@@ -65,9 +65,21 @@ def test_render_rejects_unfilled_parameters(monkeypatch: pytest.MonkeyPatch) -> 
         ("000001fffeffefff", False),
     ],
 )
-def test_has_net_admin(capeff: str, expected: bool) -> None:
-    text = f"Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t{capeff}\nCapBnd:\t000001ffffffffff\n"
-    assert privilege.has_net_admin(text) is expected
+def test_has_net_admin(capeff: str, expected: bool, tmp_path: Path) -> None:
+    status = tmp_path / "status"
+    status.write_text(f"Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t{capeff}\nCapBnd:\t000001ffffffffff\n")
+    assert privilege.has_net_admin(status) is expected
+    assert privilege.effective_capabilities(status) == int(capeff, 16)
+    assert privilege.has_net_admin(status.read_text()) is expected  # commands/sidecar.py, until rewired
+
+
+def test_capabilities_unknown_count_as_missing(tmp_path: Path) -> None:
+    assert privilege.effective_capabilities(tmp_path / "absent") is None
+    (tmp_path / "garbled").write_text("CapEff:\tzz\n")
+    assert privilege.effective_capabilities(tmp_path / "garbled") is None
+    assert not privilege.has_capability(None, privilege.CAP_NET_ADMIN)
+    assert not privilege.has_net_admin(tmp_path / "absent")
+    assert privilege.has_capability(1 << privilege.CAP_SYS_PTRACE, privilege.CAP_SYS_PTRACE)
 
 
 def test_privilege_error_names_capability_and_alternative(tmp_path: Path) -> None:
@@ -80,10 +92,6 @@ def test_privilege_error_names_capability_and_alternative(tmp_path: Path) -> Non
     assert "AWS_EC2_METADATA_SERVICE_ENDPOINT=http://127.0.0.1:1338/" in message
     assert "\n" not in message
     assert err.value.exit_code == 2
-
-
-def test_endpoint_advice() -> None:
-    assert netfilter.ENDPOINT_ADVICE(9999) == "AWS_EC2_METADATA_SERVICE_ENDPOINT=http://127.0.0.1:9999/"
 
 
 def test_state_round_trip(tmp_path: Path) -> None:

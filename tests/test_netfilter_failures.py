@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import NetNS
+from tests.conftest import REPO, NetNS
 from tests.netfilter_support import (
     BACKENDS,
     INSTANCE_ID,
@@ -103,10 +104,56 @@ def test_without_cap_net_admin_exit_2_and_nothing_changed(ns: NetNS) -> None:
     assert "CAP_NET_ADMIN" in done.stderr
     assert "AWS_EC2_METADATA_SERVICE_ENDPOINT=http://127.0.0.1:8338/" in done.stderr
     assert snapshot(ns) == before
+    # Unprivileged, nobody can see whether rules exist (they may come from another container):
+    # never "not applied" nor "nothing to remove".
     status = ns.run([*drop, sys.executable, "-m", "metamock", "netfilter", "status"], env=env())
-    assert status.returncode == 1
+    assert status.returncode == 2
+    assert "cannot tell" in status.stdout
+    assert "not applied" not in status.stdout
     remove = ns.run([*drop, sys.executable, "-m", "metamock", "netfilter", "remove"], env=env())
-    assert remove.returncode == 0  # nothing applied: nothing to do, even unprivileged
+    assert remove.returncode == 2
+    assert "CAP_NET_ADMIN" in remove.stderr
+    assert "nothing to remove" not in remove.stdout + remove.stderr
+    assert snapshot(ns) == before
+
+
+DROP_NET_ADMIN = ["setpriv", "--inh-caps=-all", "--bounding-set=-net_admin"]
+
+
+def unprivileged(ns: NetNS, *args: str, environ: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`metamock ARGS` in the namespace as root without CAP_NET_ADMIN (like a Fargate container)."""
+    return ns.run([*DROP_NET_ADMIN, sys.executable, "-m", "metamock", *args], env=environ, cwd=REPO)
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_remove_and_status_without_cap_net_admin_after_apply(ns: NetNS, backend: str) -> None:
+    """Applied as root, then asked without the capability: exit 2, the rules stay in place."""
+    opts, environ = prepare(ns, backend)
+    before = snapshot(ns)
+    listen(ns, host="127.0.0.1")
+    assert metamock(ns, "netfilter", "apply", *opts, env=environ).returncode == 0
+    assert curl(ns, V4_URL).stdout == INSTANCE_ID
+    applied = snapshot(ns)  # after the request: nft's listing carries packet counters
+
+    remove = unprivileged(ns, "netfilter", "remove", environ=environ)
+    assert remove.returncode == 2, remove.stdout + remove.stderr
+    assert "CAP_NET_ADMIN" in remove.stderr
+    assert "nothing to remove" not in remove.stdout + remove.stderr
+    assert len(remove.stderr.strip().splitlines()) == 1
+    assert snapshot(ns) == applied
+
+    status = unprivileged(ns, "netfilter", "status", environ=environ)
+    assert status.returncode == 2, status.stdout + status.stderr
+    assert status.stdout.startswith("netfilter: cannot tell (without CAP_NET_ADMIN")
+    assert "the record says: applied" in status.stdout
+    assert "not applied" not in status.stdout
+
+    assert curl(ns, V4_URL).stdout == INSTANCE_ID  # still redirected
+    assert metamock(ns, "netfilter", "status", env=environ).returncode == 0
+    done = metamock(ns, "netfilter", "remove", env=environ)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "netfilter removed"
+    assert snapshot(ns) == before
 
 
 def test_ipv6_disabled_namespace_gets_ipv4_only(ns: NetNS) -> None:

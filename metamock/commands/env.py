@@ -41,16 +41,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
 
 
-def exported(args: argparse.Namespace) -> dict[str, bytes]:
+def exported(args: argparse.Namespace) -> tuple[int, envexport.AllowList, dict[str, bytes]]:
+    """The pid read, the allow-list applied, and the variables it let through."""
     allow = envexport.AllowList.with_extra(args.allow)
     pid = envexport.resolve_pid(args.pid)
-    return envexport.select(envexport.read_environ(pid), allow)
+    return pid, allow, envexport.select(envexport.read_environ(pid), allow)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "exec":
         return _exec(args)
-    variables = exported(args)
+    pid, allow, variables = exported(args)
+    if not variables:
+        # Still exit 0 with the (header-only) output: an entrypoint that sources it works the
+        # same off ECS (local docker run). But say so: a bare header looks like success.
+        print(
+            f"metamock env export: nothing to export from pid {pid}: it has none of "
+            f"{', '.join(allow.patterns)} (not an ECS task, or its environment was reset?)",
+            file=sys.stderr,
+        )
     data, skipped = envexport.render(args.format, variables)
     for name in skipped:
         log.warning("%s left out: its value is not valid UTF-8, which %s cannot carry", name, args.format)
@@ -68,7 +77,7 @@ def _exec(args: argparse.Namespace) -> int:
         argv = argv[1:]
     if not argv:
         raise SettingsError("CMD", "expected a command after --")
-    variables = exported(args)
+    _, _, variables = exported(args)
     environ = dict(os.environb)  # the edge: this command's own environment, plus the export
     environ.update({name.encode(): value for name, value in variables.items()})
     path = shutil.which(argv[0], path=environ.get(b"PATH", b"").decode(errors="replace") or None)

@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     print(st.summary)
     if st.rules:
         sys.stdout.write(st.rules)
+    if not st.known:
+        return 2  # the contract: "cannot tell" is neither applied (0) nor absent (1)
     return 0 if st.applied else 1
 
 

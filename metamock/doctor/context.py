@@ -5,9 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from metamock.clock import Clock, SystemClock
 from metamock.doctor.report import Check, Redactor
+
+if TYPE_CHECKING:
+    from metamock.doctor.place import Place
 
 DEFAULT_PORT = 1338
 
@@ -34,6 +38,7 @@ class DoctorContext:
     timeouts: Timeouts = field(default_factory=Timeouts)
     clock: Clock = field(default_factory=SystemClock)
     redactor: Redactor = field(default_factory=Redactor)
+    place: Place | None = None  # where doctor runs; the runner fills it in once (place.where)
 
 
 class CheckFailed(Exception):  # a result, not a program error

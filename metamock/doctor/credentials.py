@@ -3,104 +3,38 @@
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
-import stat
-from collections.abc import Mapping
-from dataclasses import dataclass
-from urllib.parse import urlsplit
 
-from metamock.clock import iso_z, parse_iso
+from metamock.clock import iso_z
 from metamock.doctor.context import CheckFailed, DoctorContext
 from metamock.doctor.http import ProbeError, probe
 from metamock.doctor.report import Check, Redactor, failed, passed, skipped, warned
-from metamock.secrets import Secret, key_hint
+from metamock.ecs import client
+from metamock.ecs.client import TOKEN_FILE, CredentialsEndpoint, credentials_endpoint, read_token_file
+from metamock.errors import SettingsError, UpstreamError
+from metamock.secrets import key_hint
 from metamock.sources.base import Credentials
 
 NAMES = ("credentials-endpoint", "credentials-token-file")
-ECS_AGENT = "http://169.254.170.2"
 # botocore refreshes IMDS credentials this close to expiry and, past it, keeps using them
 # ("static stability"): fresh credentials need more life than this.
 REFRESH_WINDOW = 15 * 60
-# Hosts botocore accepts in a plain-http FULL_URI (ContainerMetadataFetcher).
-_FULL_URI_HOSTS = {"169.254.170.2", "169.254.170.23", "fd00:ec2::23", "localhost"}
-_TOKEN_FILE_MAX = 64 * 1024
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    url: str
-    token_file: str | None = None
-    token: Secret | None = None
-
-    @property
-    def shown(self) -> str:
-        """The URL without the credentials id: on ECS on EC2 that id is all that guards the role."""
-        if self.url.startswith(ECS_AGENT + "/v2/credentials/"):
-            return ECS_AGENT + "/v2/credentials/****"
-        return self.url
-
-
-def endpoint_of(environ: Mapping[str, str]) -> Endpoint | None:
-    """Where botocore would fetch container credentials: RELATIVE beats FULL, FILE beats token."""
-    relative = environ.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
-    if relative:
-        return Endpoint(ECS_AGENT + relative)
-    full = environ.get("AWS_CONTAINER_CREDENTIALS_FULL_URI")
-    if not full:
-        return None
-    token = environ.get("AWS_CONTAINER_AUTHORIZATION_TOKEN")
-    return Endpoint(
-        full,
-        token_file=environ.get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE") or None,
-        token=Secret(token) if token else None,
-    )
-
-
-def full_uri_allowed(url: str) -> bool:
-    parts = urlsplit(url)
-    if parts.scheme == "https":
-        return True
-    host = parts.hostname or ""
-    if host in _FULL_URI_HOSTS:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def read_token_file(path: str) -> str:
-    """The token, read without ever blocking (a FIFO here would hang a plain open())."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{path} is not a regular file")
-        data = os.read(fd, _TOKEN_FILE_MAX)
-    finally:
-        os.close(fd)
-    return data.decode("utf-8", "replace").strip()
+BAD_VARIABLE_FIX = (
+    "`metamock serve` refuses this value at start, as the SDKs do: use the value ECS/EKS injected "
+    "(a FULL_URI must be https, a loopback address, 169.254.170.2 or 169.254.170.23)"
+)
 
 
 def parse_credentials(body: bytes, redactor: Redactor, now: float) -> Credentials:
-    """The ECS/IMDS credential JSON; registers its secrets with `redactor`. Raises ValueError."""
+    """The ECS/IMDS credential JSON, judged as serve judges it; registers its secrets with
+    `redactor` first, so no message can show them. Raises ValueError."""
     doc = json.loads(body)
     if not isinstance(doc, dict):
         raise ValueError("not a JSON object")
     for key in ("AccessKeyId", "SecretAccessKey", "Token"):
         redactor.add(str(doc.get(key) or ""))
-    missing = [k for k in ("AccessKeyId", "SecretAccessKey", "Token", "Expiration") if not doc.get(k)]
-    if missing:
-        raise ValueError("missing " + ", ".join(missing))
-    return Credentials(
-        access_key_id=str(doc["AccessKeyId"]),
-        secret_access_key=Secret(str(doc["SecretAccessKey"])),
-        token=Secret(str(doc["Token"])),
-        expiration=parse_iso(str(doc["Expiration"])),
-        last_updated=now,
-        role_arn=str(doc["RoleArn"]) if doc.get("RoleArn") else None,
-    )
+    return client.parse_credentials(doc, obtained_at=now)
 
 
 def _left(seconds: float) -> str:
@@ -119,32 +53,26 @@ def judge_expiry(name: str, creds: Credentials, now: float, prefix: str, fix: st
     return passed(name, f"{seen} (in {_left(left)})")
 
 
-async def fetch_container_credentials(ctx: DoctorContext, ep: Endpoint) -> Credentials:
+async def fetch_container_credentials(ctx: DoctorContext, ep: CredentialsEndpoint) -> Credentials:
     """Credentials from the container endpoint; CheckFailed('credentials-endpoint') otherwise."""
     name = "credentials-endpoint"
     headers: dict[str, str] = {}
-    if ep.token_file:
-        try:
-            token = read_token_file(ep.token_file)
-        except OSError as exc:
-            raise CheckFailed(
-                failed(
-                    name,
-                    f"cannot read the authorization token file ({exc.strerror or exc})",
-                    "see credentials-token-file",
-                )
-            ) from exc
-        ctx.redactor.add(token)
-        headers["Authorization"] = token
-    elif ep.token:
-        headers["Authorization"] = ep.token.reveal()
+    try:
+        authorization = ep.authorization()  # what serve sends: file over token, trimmed, checked
+    except UpstreamError as exc:
+        raise CheckFailed(
+            failed(name, f"no usable authorization token ({exc})", "see credentials-token-file")
+        ) from exc
+    if authorization is not None:
+        ctx.redactor.add(authorization.reveal())
+        headers["Authorization"] = authorization.reveal()
     try:
         reply = await probe("GET", ep.url, timeout=ctx.timeouts.request, headers=headers)
     except ProbeError as exc:
         raise CheckFailed(
             failed(
                 name,
-                f"GET {ep.shown}: {exc}",
+                f"GET {ep.label}: {exc}",
                 "the credentials endpoint is not reachable from this network namespace: run in "
                 "the task's network and do not proxy or firewall 169.254.170.2",
             )
@@ -173,37 +101,43 @@ async def fetch_container_credentials(ctx: DoctorContext, ep: Endpoint) -> Crede
         ) from exc
 
 
-def check_token_file(ctx: DoctorContext, ep: Endpoint | None) -> Check:
+def check_token_file(ctx: DoctorContext, ep: CredentialsEndpoint | None) -> Check:
     name = "credentials-token-file"
-    if ep is None or not ep.token_file:
-        return skipped(name, "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE is not used")
+    if ep is None or ep.token_file is None:
+        return skipped(name, f"{TOKEN_FILE} is not used")
     try:
-        token = read_token_file(ep.token_file)
+        read_token_file(ep.token_file)  # only to give "cannot read" its own fix
     except OSError as exc:
         return failed(
             name,
             f"{ep.token_file}: {exc.strerror or exc}",
             f"mount the token file into this container and make it readable by this user (uid {os.getuid()})",
         )
-    ctx.redactor.add(token)
-    if not token:
-        return failed(name, f"{ep.token_file} is empty", "the token projection has not been written yet")
-    return passed(name, f"{ep.token_file} readable ({len(token)} characters)")
+    except UnicodeDecodeError:
+        pass  # judged below, exactly as serve judges it
+    try:
+        token = ep.authorization()
+    except UpstreamError as exc:
+        return failed(
+            name,
+            str(exc),
+            "the token projection has not been written yet, or the file is not a one-line token",
+        )
+    ctx.redactor.add(token.reveal() if token is not None else None)
+    length = len(token.reveal()) if token is not None else 0
+    return passed(name, f"{ep.token_file} readable ({length} characters)")
 
 
 async def checks(ctx: DoctorContext, out: list[Check]) -> None:
-    ep = endpoint_of(ctx.environ)
     name = "credentials-endpoint"
+    try:
+        ep = credentials_endpoint(ctx.environ)
+    except SettingsError as exc:
+        out.append(failed(name, str(exc), BAD_VARIABLE_FIX))
+        out.append(skipped("credentials-token-file", "no usable credentials endpoint"))
+        return
     if ep is None:
         out.append(skipped(name, "no AWS_CONTAINER_CREDENTIALS_RELATIVE_URI or FULL_URI"))
-    elif not ctx.environ.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") and not full_uri_allowed(ep.url):
-        out.append(
-            failed(
-                name,
-                f"FULL_URI {ep.url} is neither https nor a loopback/ECS/EKS address",
-                "SDKs refuse it: use https or 169.254.170.2 / 169.254.170.23 / a loopback address",
-            )
-        )
     else:
         try:
             creds = await fetch_container_credentials(ctx, ep)

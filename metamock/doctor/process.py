@@ -6,16 +6,16 @@ import stat
 from pathlib import PurePath
 
 from metamock.doctor.context import DoctorContext
-from metamock.doctor.procfs import (
+from metamock.doctor.place import Kind, metamock_command, where
+from metamock.doctor.procfs import processes, read_cmdline, read_environ
+from metamock.doctor.report import Check, passed, skipped, warned
+from metamock.netfilter.privilege import (
     CAP_NET_ADMIN,
     CAP_SYS_PTRACE,
-    cap_eff,
-    has_cap,
-    processes,
-    read_cmdline,
-    read_environ,
+    effective_capabilities,
+    endpoint_advice,
+    has_capability,
 )
-from metamock.doctor.report import Check, passed, skipped, warned
 
 NAMES = ("capabilities", "pid1-environ", "pid1", "dev-log", "agents")
 # `--agent NAME` -> the long-running process (the CloudWatch preset starts through a wrapper).
@@ -32,34 +32,70 @@ def agent_process_names(agent: str) -> set[str]:
     return names
 
 
+def _pid1_environ_readable(ctx: DoctorContext) -> bool:
+    try:
+        read_environ(ctx.proc_root, 1)
+    except OSError:
+        return False
+    return True
+
+
 def check_capabilities(ctx: DoctorContext) -> Check:
-    mask = cap_eff(ctx.proc_root)
+    """Warn only about a capability this place needs and lacks: NET_ADMIN where the redirect is
+    set up (metamock's own container, not on Fargate, which never grants it); SYS_PTRACE where
+    PID 1's environment is needed (on ECS) and cannot be read without it."""
+    mask = effective_capabilities(ctx.proc_root / "self" / "status")
     if mask is None:
         return skipped("capabilities", "CapEff not readable from /proc/self/status")
-    have = [n for n, b in (("NET_ADMIN", CAP_NET_ADMIN), ("SYS_PTRACE", CAP_SYS_PTRACE)) if has_cap(mask, b)]
-    missing = [n for n in ("NET_ADMIN", "SYS_PTRACE") if n not in have]
+    place = where(ctx)
+    have = [
+        n
+        for n, b in (("NET_ADMIN", CAP_NET_ADMIN), ("SYS_PTRACE", CAP_SYS_PTRACE))
+        if has_capability(mask, b)
+    ]
     seen = f"CapEff {mask:016x}: " + (", ".join(have) or "neither NET_ADMIN nor SYS_PTRACE")
-    if not missing:
-        return passed("capabilities", seen)
-    fixes = []
-    if "NET_ADMIN" in missing:
-        fixes.append(
-            "without NET_ADMIN there is no redirect (Fargate never grants it): point clients at "
-            "the server with AWS_EC2_METADATA_SERVICE_ENDPOINT; on ECS on EC2 add NET_ADMIN in "
-            "linuxParameters.capabilities.add"
-        )
-    if "SYS_PTRACE" in missing:
-        fixes.append(
-            "add SYS_PTRACE (linuxParameters.capabilities.add, allowed on Fargate) so the "
-            "environment of PID 1 can be re-exported"
-        )
-    return warned("capabilities", f"{seen}; missing {', '.join(missing)}", "; ".join(fixes))
+    notes: list[str] = []
+    lacking: list[str] = []  # needed here and missing
+    fixes: list[str] = []
+    if "NET_ADMIN" not in have:
+        if place.fargate:
+            notes.append("no NET_ADMIN: Fargate never grants it, clients use the endpoint variable")
+        elif place.kind is not Kind.SIDECAR:
+            notes.append("no NET_ADMIN: not needed here (the redirect is set up where metamock runs)")
+        else:
+            lacking.append("NET_ADMIN")
+            fixes.append(
+                "without NET_ADMIN the sidecar cannot redirect 169.254.169.254 (clients with the "
+                "address built in miss it): add NET_ADMIN in this container's "
+                "linuxParameters.capabilities.add, or rely on "
+                f"{endpoint_advice(ctx.port)} in every client"
+            )
+    if "SYS_PTRACE" not in have:
+        if place.kind is Kind.LOCAL:
+            notes.append("no SYS_PTRACE: not needed off ECS (nothing to re-export)")
+        elif _pid1_environ_readable(ctx):
+            notes.append("no SYS_PTRACE: not needed, PID 1's environment is readable")
+        else:
+            lacking.append("SYS_PTRACE")
+            fixes.append(
+                "PID 1's environment is unreadable: add SYS_PTRACE (linuxParameters.capabilities.add, "
+                "allowed on Fargate) or run as PID 1's user, so `metamock env export` can re-export it"
+            )
+    if not lacking:
+        return passed("capabilities", "; ".join([seen, *notes]))
+    return warned(
+        "capabilities", "; ".join([seen, *notes, f"missing {', '.join(lacking)}"]), "; ".join(fixes)
+    )
 
 
 def check_pid1_environ(ctx: DoctorContext) -> Check:
     try:
         env = read_environ(ctx.proc_root, 1)
     except PermissionError:
+        if where(ctx).kind is Kind.LOCAL:
+            return skipped(
+                "pid1-environ", "/proc/1/environ: permission denied (off ECS nothing to re-export)"
+            )
         return warned(
             "pid1-environ",
             "/proc/1/environ: permission denied",
@@ -78,6 +114,9 @@ def check_pid1(ctx: DoctorContext) -> Check:
     except OSError as exc:
         return skipped("pid1", f"/proc/1/cmdline: {exc.strerror or exc}")
     exe = PurePath(argv[0]).name if argv else "?"
+    command = metamock_command(argv)
+    if command is not None:
+        exe = f"`metamock {command}`"
     if exe == "pause":
         return warned(
             "pid1",
@@ -87,10 +126,26 @@ def check_pid1(ctx: DoctorContext) -> Check:
     return passed("pid1", f"PID 1 is {exe}")
 
 
+def _sidecar_without_programs(ctx: DoctorContext) -> bool:
+    """Doctor runs in the sidecar's container, and that sidecar starts no --agent / --run."""
+    if where(ctx).command != "sidecar":
+        return False
+    for _, argv in processes(ctx.proc_root):
+        if metamock_command(argv) == "sidecar" and any(
+            a in ("--agent", "--run") or a.startswith(("--agent=", "--run=")) for a in argv
+        ):
+            return False
+    return True
+
+
 def check_dev_log(ctx: DoctorContext) -> Check:
     try:
         mode = ctx.dev_log.stat().st_mode
     except OSError:
+        if _sidecar_without_programs(ctx):
+            return skipped(
+                "dev-log", f"{ctx.dev_log} is missing; the sidecar runs no agents that could log there"
+            )
         return warned(
             "dev-log",
             f"{ctx.dev_log} is missing",
@@ -111,7 +166,7 @@ def expected_agents(ctx: DoctorContext) -> set[str]:
     """
     wanted: set[str] = set()
     for _, argv in processes(ctx.proc_root):
-        if not any("metamock" in a for a in argv[:3]) or "sidecar" not in argv:
+        if metamock_command(argv) != "sidecar":
             continue
         for i, arg in enumerate(argv):
             if arg == "--agent" and i + 1 < len(argv):

@@ -10,9 +10,11 @@ from urllib.parse import urlsplit
 
 from metamock.doctor.blocking import in_daemon_thread
 from metamock.doctor.context import DoctorContext
-from metamock.doctor.procfs import CAP_NET_ADMIN, cap_eff, has_cap, read_environ
+from metamock.doctor.place import Kind, Place, where
+from metamock.doctor.procfs import read_environ
 from metamock.doctor.report import Check, failed, passed, skipped, warned
 from metamock.errors import MetamockError
+from metamock.netfilter.privilege import endpoint_advice, has_net_admin
 
 NAMES = ("redirect", "route", "endpoint-env")
 IMDS_V4 = "169.254.169.254"
@@ -111,31 +113,65 @@ def _endpoint_ok(value: str, port: int) -> bool:
     return parts.hostname in {"127.0.0.1", "localhost", "::1"} and value_port == port
 
 
+def _missing_endpoint_fix(place: Place, port: int) -> str:
+    """How clients here get the endpoint, worded for where doctor runs."""
+    advice = endpoint_advice(port)
+    if place.kind is Kind.LOCAL:
+        return (
+            f"`export {advice}` in the shell (or the service's environment) that runs the clients, "
+            "or run them in a namespace with the redirect (`metamock netfilter apply`, as root)"
+        )
+    if place.fargate:
+        return (
+            f"set {advice} in this container definition's environment: Fargate grants no "
+            "NET_ADMIN, so the variable is the only way"
+        )
+    return (
+        f"set {advice} in this container definition's environment, or give the metamock "
+        "container NET_ADMIN so it redirects 169.254.169.254 (`metamock sidecar` does when it may)"
+    )
+
+
 def check_endpoint_env(ctx: DoctorContext, redirect_ok: bool) -> Check:
     name = "endpoint-env"
-    want = f"http://127.0.0.1:{ctx.port}/"
+    place = where(ctx)
     here = ctx.environ.get(ENDPOINT_VAR)
     try:
         pid1: str | None = read_environ(ctx.proc_root, 1).get(ENDPOINT_VAR) or "unset"
     except OSError:
         pid1 = None
-    where = f"this process: {here or 'unset'}; PID 1: {pid1 or 'unreadable'}"
+    where_seen = f"this process: {here or 'unset'}; PID 1: {pid1 or 'unreadable'}"
     if here and not _endpoint_ok(here, ctx.port):
-        return failed(name, f"{ENDPOINT_VAR} points elsewhere ({where})", f"set {ENDPOINT_VAR}={want}")
+        return failed(
+            name, f"{ENDPOINT_VAR} points elsewhere ({where_seen})", f"set {endpoint_advice(ctx.port)}"
+        )
     if here:
-        return passed(name, where)
+        return passed(name, where_seen)
     if redirect_ok:
-        return passed(name, f"{ENDPOINT_VAR} unset, the redirect carries {IMDS_V4} traffic ({where})")
+        return passed(name, f"{ENDPOINT_VAR} unset, the redirect carries {IMDS_V4} traffic ({where_seen})")
+    if place.sidecar:
+        # The variable is for clients; the server's own container has none by design.
+        agents = (
+            f"the agents the sidecar starts get {endpoint_advice(ctx.port)} from it; "
+            if place.command == "sidecar"
+            else ""
+        )
+        others = "need it in their environment" + ("" if place.fargate else " unless the redirect is applied")
+        return skipped(
+            name,
+            f"this is metamock's own container ({place.why}), where {ENDPOINT_VAR} is unset by "
+            f"design: {agents}the other containers of the task {others}",
+        )
     return failed(
         name,
-        f"{ENDPOINT_VAR} unset and no working redirect: EC2 clients here cannot find the server ({where})",
-        f"set {ENDPOINT_VAR}={want} in the app container's environment (the only way on Fargate), "
-        "or grant NET_ADMIN and run `metamock netfilter apply`",
+        f"{ENDPOINT_VAR} unset and no working redirect: EC2 clients here cannot find the server "
+        f"({where_seen})",
+        _missing_endpoint_fix(place, ctx.port),
     )
 
 
 async def checks(ctx: DoctorContext, out: list[Check]) -> None:
-    if not has_cap(cap_eff(ctx.proc_root), CAP_NET_ADMIN):
+    if not has_net_admin(ctx.proc_root / "self" / "status"):
         why = "no CAP_NET_ADMIN: rules can be neither read nor applied here (normal on Fargate)"
         out.append(skipped("redirect", why))
         out.append(skipped("route", why))

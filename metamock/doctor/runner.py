@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from metamock.doctor import credentials, ecs, environment, process, proxy, redirect, server, sts
 from metamock.doctor.context import DoctorContext
+from metamock.doctor.place import place_of
 from metamock.doctor.report import Check, failed
 
 # Values from the environment that must never be echoed, whatever a check prints.
@@ -63,6 +65,8 @@ async def _run_group(ctx: DoctorContext, group: Group) -> list[Check]:
 
 async def run_checks(ctx: DoctorContext, groups: Sequence[Group] = GROUPS) -> list[Check]:
     """All checks, in a fixed order, with secrets scrubbed from every detail and fix."""
+    if ctx.place is None:
+        ctx = dataclasses.replace(ctx, place=place_of(ctx))
     for name in SECRET_VARIABLES:
         ctx.redactor.add(ctx.environ.get(name))
     # The credentials id in the relative URI is a bearer capability on ECS on EC2.

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from metamock.doctor.context import CheckFailed, DoctorContext
 from metamock.doctor.credentials import judge_expiry, parse_credentials
 from metamock.doctor.http import ProbeError, Reply, probe
+from metamock.doctor.place import Kind, where
 from metamock.doctor.report import Check, failed, passed, skipped
 from metamock.sources.base import Credentials
 
@@ -15,10 +16,20 @@ TOKEN_PATH = "/latest/api/token"
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
 CREDS_PATH = "/latest/meta-data/iam/security-credentials/"
-START_FIX = (
-    "start it (`metamock serve`, or `metamock sidecar` as the sidecar's entrypoint) or pass "
-    "doctor the port it uses (--port / METAMOCK_PORT)"
-)
+PORT_HINT = "pass doctor the port it uses (--port / METAMOCK_PORT)"
+
+
+def start_fix(ctx: DoctorContext) -> str:
+    """What to do when no server answers, worded for where doctor runs."""
+    place = where(ctx)
+    if place.kind is Kind.SIDECAR:
+        return f"metamock runs here ({place.why}) but not on port {ctx.port}: see its log, or {PORT_HINT}"
+    if place.kind is Kind.TASK:
+        return (
+            "the metamock sidecar container is not up or uses another port: check its log, start "
+            "this container after it (dependsOn HEALTHY, healthCheck `metamock healthcheck`), or " + PORT_HINT
+        )
+    return f"start it (`metamock serve` in another shell), or {PORT_HINT}"
 
 
 @dataclass(frozen=True)
@@ -45,7 +56,7 @@ async def open_session(ctx: DoctorContext) -> Session:
         reason = str(exc)
         if reason == "connection refused":
             raise CheckFailed(
-                failed("server", f"nothing listens on 127.0.0.1:{ctx.port}", START_FIX)
+                failed("server", f"nothing listens on 127.0.0.1:{ctx.port}", start_fix(ctx))
             ) from exc
         raise CheckFailed(
             failed(
@@ -61,7 +72,7 @@ async def open_session(ctx: DoctorContext) -> Session:
             failed(
                 "server",
                 f"token PUT answered HTTP {reply.status}",
-                f"the process on port {ctx.port} is not metamock (or a very old one): {START_FIX}",
+                f"the process on port {ctx.port} is not metamock (or a very old one): {start_fix(ctx)}",
             )
         )
     ctx.redactor.add(token)

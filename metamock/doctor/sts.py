@@ -6,10 +6,13 @@ from typing import Any
 
 from metamock.doctor.blocking import in_daemon_thread
 from metamock.doctor.context import CheckFailed, DoctorContext
-from metamock.doctor.credentials import endpoint_of, fetch_container_credentials
+from metamock.doctor.credentials import fetch_container_credentials
 from metamock.doctor.report import Check, failed, passed, skipped
 from metamock.doctor.server import server_credentials
+from metamock.ecs.client import credentials_endpoint
+from metamock.errors import SettingsError
 from metamock.sources.base import Credentials
+from metamock.sources.local import FAKE_ACCESS_KEY_ID  # boto is imported only inside functions
 
 NAMES = ("sts",)
 
@@ -64,7 +67,11 @@ async def checks(ctx: DoctorContext, out: list[Check]) -> None:
     if ctx.offline:
         out.append(skipped("sts", "--offline: AWS not called"))
         return
-    ep = endpoint_of(ctx.environ)
+    try:
+        ep = credentials_endpoint(ctx.environ)
+    except SettingsError:
+        out.append(skipped("sts", "no credentials to try (credentials-endpoint failed)"))
+        return
     try:
         if ep is not None:
             source = "the container endpoint"
@@ -74,6 +81,17 @@ async def checks(ctx: DoctorContext, out: list[Check]) -> None:
             creds = await server_credentials(ctx)
     except CheckFailed as exc:
         out.append(skipped("sts", f"no credentials to try ({exc.check.name} failed)"))
+        return
+    if creds.access_key_id == FAKE_ACCESS_KEY_ID:
+        out.append(
+            skipped(
+                "sts",
+                "the server hands out metamock's own fake credentials (it found no AWS credentials "
+                "when it started): AWS would refuse them, so STS is not called",
+                "for real ones start `metamock serve` with --profile NAME or --role-arn ARN, or "
+                "with AWS credentials configured",
+            )
+        )
         return
     try:
         ident = await in_daemon_thread(lambda: _caller_identity(ctx, creds))

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ CREDENTIALS_HOST = "169.254.170.2"
 # botocore's ContainerMetadataFetcher._ALLOWED_HOSTS; loopback addresses and https are also allowed.
 FULL_URI_HOSTS = frozenset({"169.254.170.2", "169.254.170.23", "fd00:ec2::23", "localhost"})
 REQUIRED_FIELDS = ("AccessKeyId", "SecretAccessKey", "Token", "Expiration")
+TOKEN_FILE_MAX = 64 * 1024  # a projected token is ~1 KiB; never read an unbounded file
 _SAFE_CODE = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
 
 V4 = "ECS_CONTAINER_METADATA_URI_V4"
@@ -42,15 +45,92 @@ class Throttled(UpstreamError):
 
 
 @dataclass(frozen=True)
+class CredentialsEndpoint:
+    """Where container credentials come from and how the request is authorised."""
+
+    # The URL holds the credential id (a capability on the host): out of the repr.
+    url: str = field(repr=False)
+    label: str  # the URL as it may be logged: no credential id, no query
+    variable: str  # RELATIVE or FULL: the one that decided
+    token_file: Path | None = None
+    token: Secret | None = None
+
+    def authorization(self) -> Secret | None:
+        """The Authorization value for one fetch: the token file (re-read every time, since
+        Kubernetes rotates it) wins over the token; UpstreamError naming the variable when it
+        cannot be used."""
+        if self.token_file is not None:
+            source = f"{TOKEN_FILE} {self.token_file}"
+            try:
+                value = read_token_file(self.token_file)
+            except OSError as exc:
+                raise UpstreamError(f"{source}: cannot read ({exc.strerror or exc})") from None
+            except UnicodeDecodeError:
+                # The codec's message quotes a byte of the token: name the kind only.
+                raise UpstreamError(f"{source}: cannot read (not UTF-8)") from None
+        elif self.token is not None:
+            value, source = self.token.reveal(), TOKEN
+        else:
+            return None
+        # botocore refuses CR/LF; surrounding whitespace (a file's final newline) is trimmed first.
+        value = value.strip()
+        if not value or "\r" in value or "\n" in value:
+            raise UpstreamError(f"{source}: empty or not a legal header value")
+        return Secret(value)
+
+
+def credentials_endpoint(
+    environ: Mapping[str, str], *, credentials_host: str | None = None
+) -> CredentialsEndpoint | None:
+    """The container credentials endpoint `environ` names, chosen as botocore chooses (see the
+    module docstring); None when neither variable is set, SettingsError naming a bad one.
+
+    `serve` (through Endpoints) and `doctor` both decide here, so doctor judges what serve uses.
+    """
+    token_file = Path(environ[TOKEN_FILE]) if environ.get(TOKEN_FILE) else None
+    token = Secret(environ[TOKEN]) if environ.get(TOKEN) else None
+    relative = environ.get(RELATIVE, "")
+    full = environ.get(FULL, "")
+    if relative:
+        if not relative.startswith("/"):
+            raise SettingsError(RELATIVE, "must be a path starting with '/'")
+        url = f"http://{credentials_host or CREDENTIALS_HOST}{relative}"
+        head, _, _ = url.rpartition("/")
+        # The id in the relative URI lets anyone on the host fetch the role: never log it.
+        return CredentialsEndpoint(url, f"{head}/****", RELATIVE, token_file, token)
+    if full:
+        _check_full_uri(full)
+        return CredentialsEndpoint(full, _label(full), FULL, token_file, token)
+    return None
+
+
+def read_token_file(path: Path) -> str:
+    """A token file's text, read without ever blocking: a FIFO there would hang a plain open()
+    (and with it the event loop or doctor); anything but a regular file is an OSError."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        data = os.read(fd, TOKEN_FILE_MAX)
+    finally:
+        os.close(fd)
+    return data.decode("utf-8")
+
+
+@dataclass(frozen=True)
 class Endpoints:
     """Where the ECS documents and credentials live, read from the variables ECS injects."""
 
     metadata_uri: str
-    # The URL holds the credential id (a capability on the host): out of the repr.
-    credentials_url: str | None = field(default=None, repr=False)
-    credentials_label: str = "(none)"  # the URL as it may be logged: no credential id, no query
-    token_file: Path | None = None
-    token: Secret | None = None
+    credentials: CredentialsEndpoint | None = None
+
+    @property
+    def credentials_url(self) -> str | None:
+        return self.credentials.url if self.credentials is not None else None
+
+    @property
+    def credentials_label(self) -> str:
+        return self.credentials.label if self.credentials is not None else "(none)"
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], *, credentials_host: str | None = None) -> Endpoints:
@@ -61,21 +141,7 @@ class Endpoints:
         parts = urlsplit(metadata_uri)
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             raise SettingsError(V4, f"not an http URL: {_label(metadata_uri)}")
-        token_file = Path(environ[TOKEN_FILE]) if environ.get(TOKEN_FILE) else None
-        token = Secret(environ[TOKEN]) if environ.get(TOKEN) else None
-        relative = environ.get(RELATIVE, "")
-        full = environ.get(FULL, "")
-        if relative:
-            if not relative.startswith("/"):
-                raise SettingsError(RELATIVE, "must be a path starting with '/'")
-            url = f"http://{credentials_host or CREDENTIALS_HOST}{relative}"
-            head, _, _ = url.rpartition("/")
-            # The id in the relative URI lets anyone on the host fetch the role: never log it.
-            return cls(metadata_uri, url, f"{head}/****", token_file, token)
-        if full:
-            _check_full_uri(full)
-            return cls(metadata_uri, full, _label(full), token_file, token)
-        return cls(metadata_uri, None, "(none)", token_file, token)
+        return cls(metadata_uri, credentials_endpoint(environ, credentials_host=credentials_host))
 
 
 def _check_full_uri(url: str) -> None:
@@ -157,12 +223,13 @@ class EcsClient:
         self, *, obtained_at: float, role_name: str | None = None, partition: str = "aws"
     ) -> Credentials:
         """Fetch and normalise role credentials; UpstreamError when not configured or bad."""
-        url = self._endpoints.credentials_url
+        endpoint = self._endpoints.credentials
         label = f"container credentials {self._endpoints.credentials_label}"
-        if url is None:
+        if endpoint is None:
             raise UpstreamError(f"{label}: no {RELATIVE} or {FULL} in the environment")
+        url = endpoint.url
         headers = {"Accept": "application/json"}
-        authorization = self._authorization()
+        authorization = endpoint.authorization()
         if authorization is not None:
             headers["Authorization"] = authorization.reveal()
         doc = await self._get_json(url, label, headers)
@@ -170,26 +237,6 @@ class EcsClient:
             return parse_credentials(doc, obtained_at=obtained_at, role_name=role_name, partition=partition)
         except ValueError as exc:
             raise UpstreamError(f"{label}: {exc}") from None
-
-    def _authorization(self) -> Secret | None:
-        path = self._endpoints.token_file
-        if path is not None:
-            try:
-                # A few bytes on a local file system: not worth a thread hop on the hot path.
-                value = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = getattr(exc, "strerror", None) or type(exc).__name__
-                raise UpstreamError(f"{TOKEN_FILE} {path}: cannot read ({reason})") from None
-            source = f"{TOKEN_FILE} {path}"
-        elif self._endpoints.token is not None:
-            value, source = self._endpoints.token.reveal(), TOKEN
-        else:
-            return None
-        # botocore refuses CR/LF; surrounding whitespace (a file's final newline) is trimmed first.
-        value = value.strip()
-        if not value or "\r" in value or "\n" in value:
-            raise UpstreamError(f"{source}: empty or not a legal header value")
-        return Secret(value)
 
     async def _get_json(self, url: str, label: str, headers: dict[str, str]) -> dict[str, Any]:
         timeout = aiohttp.ClientTimeout(total=self._timeout)

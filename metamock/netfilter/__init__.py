@@ -1,8 +1,8 @@
 """Redirect 169.254.169.254 (and fd00:ec2::254) to the local server, and undo it exactly.
 
     backend = netfilter.apply(1338)      # "nft" or "iptables"; PrivilegeError / NetfilterError
-    netfilter.status().applied           # True
-    netfilter.remove()                   # exactly what apply added; no-op when nothing applied
+    netfilter.status().applied           # True (`.known` False: no CAP_NET_ADMIN to read the rules)
+    netfilter.remove()                   # exactly what apply added; PrivilegeError without CAP_NET_ADMIN
 
 Rules come from the files in `iptables/` (see `render.py`); routes from `routes.py`; what was
 added is recorded per network namespace under /run/metamock/ (`state.py`).
@@ -20,12 +20,11 @@ from metamock.netfilter import routes, state
 from metamock.netfilter._exec import Tools
 from metamock.netfilter.iptables import VARIANTS, IptablesBackend
 from metamock.netfilter.nft import NftBackend
-from metamock.netfilter.privilege import endpoint_advice, has_net_admin, require_net_admin
+from metamock.netfilter.privilege import has_net_admin, require_net_admin
 from metamock.netfilter.routes import Route
 
 __all__ = [
     "BACKENDS",
-    "ENDPOINT_ADVICE",
     "VARIANTS",
     "NetfilterError",
     "PrivilegeError",
@@ -37,13 +36,17 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "nft", "iptables")
-ENDPOINT_ADVICE = endpoint_advice
 IPTABLES_ENV = "METAMOCK_IPTABLES"  # iptables | iptables-nft | iptables-legacy
 
 
 @dataclass(frozen=True)
 class Status:
-    """What is in place in this network namespace."""
+    """What is in place in this network namespace.
+
+    `known` is False when the live rules could not be read (no CAP_NET_ADMIN): then `applied`,
+    `backend`, `port` and `ipv6` are only what this container's record says, and nobody may
+    conclude from them that nothing is applied.
+    """
 
     applied: bool
     backend: str | None
@@ -53,9 +56,16 @@ class Status:
     exclude_uids: tuple[int, ...] = ()
     rules: str = ""  # the listing of metamock's table / chains, as the tool prints it
     note: str = ""
+    known: bool = True
 
     @property
     def summary(self) -> str:
+        if not self.known:
+            if self.applied:
+                recorded = f"applied (backend {self.backend}) -> 127.0.0.1:{self.port}"
+            else:
+                recorded = "no record in this container's /run/metamock"
+            return f"netfilter: cannot tell ({self.note}); the record says: {recorded}"
         if not self.applied:
             return "netfilter: not applied" + (f" ({self.note})" if self.note else "")
         targets = "169.254.169.254:80" + (", [fd00:ec2::254]:80" if self.ipv6 else "")
@@ -160,13 +170,25 @@ def _remove_rules(recorded: state.Applied | None, tools: Tools, environ: Mapping
 
 
 def remove(*, environ: Mapping[str, str] | None = None, state_dir: Path = state.STATE_DIR) -> bool:
-    """Delete metamock's rules, table/chains and routes; True when anything was there."""
+    """Delete metamock's rules, table/chains and routes; True when anything was there.
+
+    Without CAP_NET_ADMIN nothing can be read or deleted, so nothing can be said either:
+    PrivilegeError, even when this container holds no record (the rules may have been applied
+    from another container of the network namespace, whose /run is not ours).
+    """
     path = state.state_path(state_dir)
     recorded = state.load(path)
-    if not has_net_admin(_proc_status()):
-        if recorded is None:
-            return False  # nothing recorded, nothing we could touch anyway
-        require_net_admin(recorded.port)
+    if not has_net_admin():
+        seen = (
+            f"the record says {recorded.backend} rules to :{recorded.port} are in place"
+            if recorded is not None
+            else "this container has no record of them, but rules applied elsewhere would not show"
+        )
+        raise PrivilegeError(
+            "CAP_NET_ADMIN is missing, so metamock's redirect rules and routes can be neither read "
+            f"nor removed here ({seen}); nothing was changed. Run `metamock netfilter remove` "
+            "with CAP_NET_ADMIN (as root, or in the container granted NET_ADMIN)"
+        )
     tools = Tools.from_environ(environ)
     removed = _remove_rules(recorded, tools, environ)
     removed = bool(routes.remove()) or removed
@@ -178,12 +200,19 @@ def status(*, environ: Mapping[str, str] | None = None, state_dir: Path = state.
     """What is in place now: from the live rules when we may read them, else from the record."""
     recorded = state.load(state.state_path(state_dir))
     ours = tuple(routes.ours())
-    if not has_net_admin(_proc_status()):
-        note = "without CAP_NET_ADMIN the rules cannot be read; this is the recorded state"
+    if not has_net_admin():
+        note = "without CAP_NET_ADMIN the rules cannot be read"
         if recorded is None:
-            return Status(False, None, None, False, ours, note=note)
+            return Status(False, None, None, False, ours, note=note, known=False)
         return Status(
-            True, recorded.backend, recorded.port, recorded.ipv6, ours, recorded.exclude_uids, note=note
+            True,
+            recorded.backend,
+            recorded.port,
+            recorded.ipv6,
+            ours,
+            recorded.exclude_uids,
+            note=note,
+            known=False,
         )
     tools = Tools.from_environ(environ)
     nft = NftBackend(tools)
@@ -203,10 +232,3 @@ def status(*, environ: Mapping[str, str] | None = None, state_dir: Path = state.
     return Status(
         True, live.name, recorded.port, recorded.ipv6, ours, recorded.exclude_uids, rules=live.listing()
     )
-
-
-def _proc_status() -> str:
-    try:
-        return Path("/proc/self/status").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return ""
