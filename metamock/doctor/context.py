@@ -8,8 +8,7 @@ from pathlib import Path
 
 from metamock.clock import Clock, SystemClock
 from metamock.doctor.report import Check, Redactor
-
-DEFAULT_PORT = 1338
+from metamock.settings import DEFAULT_PORT
 
 
 @dataclass(frozen=True)
