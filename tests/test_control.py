@@ -16,14 +16,8 @@ import aiohttp
 import pytest
 
 from metamock import cli
-from metamock.control import (
-    ControlServer,
-    _private_dir,
-    call,
-    choose_path,
-    find_socket,
-    socket_candidates,
-)
+from metamock.control import ControlServer, choose_path
+from metamock.control_socket import call, find_socket, private_dir, socket_candidates
 from metamock.errors import MetamockError
 from tests.conftest import require_root
 from tests.scenarios_support import fetch, free_port, get, scenario_service, serve_process
@@ -171,19 +165,23 @@ async def test_stale_socket_is_replaced_and_a_live_one_is_not(tmp_path: Path) ->
 
 
 def test_default_paths_and_private_directories(tmp_path: Path) -> None:
-    paths = socket_candidates(1338, {"XDG_RUNTIME_DIR": "/run/user/1000"}, uid=1000)
+    paths = socket_candidates(1338, {"XDG_RUNTIME_DIR": "/run/user/1000"}, uid=1000, netns="4-4026531840")
     assert [str(p) for p in paths] == [
-        "/run/metamock/control-1338.sock",
-        "/run/user/1000/metamock/control-1338.sock",
-        "/tmp/metamock-1000/control-1338.sock",
+        "/run/metamock/control-1338-net4-4026531840.sock",
+        "/run/user/1000/metamock/control-1338-net4-4026531840.sock",
+        "/tmp/metamock-1000/control-1338-net4-4026531840.sock",
     ]
-    assert [str(p) for p in socket_candidates(80, {}, uid=0)][-1] == "/tmp/metamock-0/control-80.sock"
+    assert [str(p) for p in socket_candidates(80, {}, uid=0, netns="")][
+        -1
+    ] == "/tmp/metamock-0/control-80.sock"
+    info = Path("/proc/self/ns/net").stat()
+    assert socket_candidates(80, {})[0].name == f"control-80-net{info.st_dev}-{info.st_ino}.sock"
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
-    assert not _private_dir(shared)  # anyone could swap the socket: refused
+    assert not private_dir(shared)  # anyone could swap the socket: refused
     fresh = tmp_path / "fresh"
-    assert _private_dir(fresh)
+    assert private_dir(fresh)
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
 
 
