@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,26 +15,11 @@ from metamock import settings
 from metamock.commands import serve as serve_command
 from metamock.config import LEAF_KEYS
 from metamock.settings import Settings, client_host, endpoint_advice, endpoint_url
-from tests.conftest import CLOSED_PORT_ENDPOINT, make_netns
-from tests.netns import REPO, NetNS, base_env
+from tests.cli_support import assert_one_line_exit_2, cli_env, wait_for_line
+from tests.conftest import make_netns
+from tests.netns import REPO, NetNS
 
 PY = sys.executable
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    """The suite's clean environment, with no way for a local source to look for a real IMDS."""
-    return base_env(
-        AWS_EC2_METADATA_DISABLED="true", AWS_EC2_METADATA_SERVICE_ENDPOINT=CLOSED_PORT_ENDPOINT, **extra
-    )
-
-
-def assert_one_line_exit_2(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -91,19 +75,6 @@ def test_client_commands_stay_standard_library(command: str) -> None:
 
 
 # -- `--scenario`, a real flag ------------------------------------------------------------------
-
-
-def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 30.0) -> str:
-    """Read the server's stderr until a line with `needle` (the server is ready after it)."""
-    assert proc.stderr is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if needle in line:
-            return line
-        if not line and proc.poll() is not None:
-            break
-    raise AssertionError(f"no {needle!r} from metamock serve (exit {proc.poll()})")
 
 
 @pytest.mark.root
