@@ -81,7 +81,6 @@ class Option:
     in_file: bool = True  # may `[server]` set it (as "hop-limit")?
     kind: Literal["value", "switch", "list"] = "value"  # takes a value / none / repeatable
     metavar: str | None = None
-    shown_default: str | None = None  # the default as help shows it (None: not shown)
 
     @property
     def dest(self) -> str:
@@ -111,7 +110,6 @@ class Settings:
             parse=parse_hosts,
             help="listen address, repeatable (env: comma-separated); non-loopback needs --allow-remote",
             kind="list",
-            shown_default="127.0.0.1 and ::1",
         ),
     )
     port: int = _setting(
@@ -121,7 +119,6 @@ class Settings:
             env=PORT_ENV,
             parse=listen_port,
             help="listen port (0: any free port)",
-            shown_default=str(DEFAULT_PORT),
         ),
     )
     source: str = _setting(
@@ -131,7 +128,6 @@ class Settings:
             env="METAMOCK_SOURCE",
             parse=choice(SOURCES),
             help="auto | ecs | local (auto: ecs when ECS_CONTAINER_METADATA_URI_V4 is set)",
-            shown_default="auto",
         ),
     )
     tokens: str = _setting(
@@ -141,7 +137,6 @@ class Settings:
             env="METAMOCK_TOKENS",
             parse=choice(TOKEN_MODES),
             help="optional | required (required = IMDSv1 off)",
-            shown_default="optional",
         ),
     )
     hop_limit: int = _setting(
@@ -151,7 +146,6 @@ class Settings:
             env="METAMOCK_HOP_LIMIT",
             parse=int_in(1, 64),
             help="IP TTL / hop limit of token responses, 1..64",
-            shown_default="1",
         ),
     )
     config_path: Path | None = _setting(  # noqa: RUF009 (_setting returns a dataclasses.field)
@@ -237,7 +231,6 @@ class Settings:
             parse=float_in(0, 3600),
             help="seconds to serve the stop notice after SIGTERM (0 = off)",
             metavar="SECONDS",
-            shown_default="10",
         ),
     )
     allow_remote: bool = _setting(
@@ -320,8 +313,10 @@ def flag_names() -> tuple[str, ...]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The serve options as argparse arguments. Defaults are None (not given): Settings.load
     parses the strings, so a bad value is one line naming the setting, like a bad variable."""
-    for option in options().values():
-        details = [f"default: {option.shown_default}"] if option.shown_default else []
+    defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
+    for name, option in options().items():
+        shown = _shown(defaults[name])
+        details = [f"default: {shown}"] if shown else []
         if option.env:
             details.append(f"env: {option.env}")
         text = f"{option.help} [{', '.join(details)}]" if details else option.help
@@ -334,6 +329,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             )
         else:
             parser.add_argument(option.flag, dest=option.dest, metavar=option.metavar, help=text)
+
+
+def _shown(default: Any) -> str | None:
+    """A default as help shows it; None when there is nothing to show (off, none)."""
+    if default is None or isinstance(default, bool) or default == ():
+        return None
+    if isinstance(default, tuple):
+        return " and ".join(str(item) for item in default)
+    if isinstance(default, float):
+        return f"{default:g}"
+    return str(default)
 
 
 # -- the port, for every command ------------------------------------------------------------------
