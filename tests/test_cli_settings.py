@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from metamock import settings
-from metamock.commands import serve as serve_command
 from metamock.config import LEAF_KEYS
 from metamock.settings import Settings, client_host, endpoint_advice, endpoint_url
 from tests.cli_support import assert_one_line_exit_2, cli_env, wait_for_line
@@ -261,7 +260,6 @@ def test_endpoint_advice_and_client_host() -> None:
     assert client_host(("0.0.0.0",)) == "127.0.0.1"
     assert client_host(("::",)) == "::1"
     assert client_host(("10.1.2.3",)) == "10.1.2.3"
-    assert serve_command.endpoint_advice is endpoint_advice  # one definition
 
 
 @pytest.mark.root

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -271,7 +272,7 @@ async def test_a_server_refuses_requests_for_another_namespace(tmp_path: Path) -
         await server.close()
 
 
-def _serve_in(ns: NetNS, *extra: str, user: list[str] | None = None) -> subprocess.Popen[str]:
+def _serve_in(ns: NetNS, *extra: str, user: list[str] | None = None) -> subprocess.Popen[Any]:
     argv = [sys.executable, "-m", "metamock", "serve", "--source", "local", "--host", "127.0.0.1"]
     proc = ns.popen(
         [*(user or []), *argv, "--port", "1338", "--stop-notice", "0", *extra],
