@@ -4,6 +4,9 @@ One request per line, one answer per line:
   {"op": "trigger", "scenario": "spot", "options": {"action": "stop", "in": 60}}
   {"op": "clear"} / {"op": "clear", "scenario": "rebalance"} / {"op": "status"}
 Answers are {"ok": true, "scenarios": [...]} or {"ok": false, "error": "..."}.
+A request may carry "netns" (the client's network namespace, metamock.control_socket.netns_key):
+a server of another namespace refuses it. This module is the server; the client side and where
+the socket lives are in metamock.control_socket (no asyncio, for a fast `metamock trigger`).
 """
 
 from __future__ import annotations
@@ -14,58 +17,21 @@ import json
 import logging
 import os
 import socket
-import stat
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from metamock.control_socket import MAX_LINE, choose_path, encode, netns_key
 from metamock.errors import MetamockError
 from metamock.scenarios import KINDS, Scenario, ScenarioError, build
 
+__all__ = ["ControlServer", "Controlled", "choose_path", "handle_request"]  # choose_path: for Service
+
 log = logging.getLogger(__name__)
 
-MAX_LINE = 64 * 1024
 READ_TIMEOUT = 10.0
 _PEERCRED = struct.Struct("3i")  # pid, uid, gid
-
-
-def socket_candidates(port: int, environ: Mapping[str, str], uid: int | None = None) -> list[Path]:
-    """Where the control socket of the server on `port` lives, in order of preference."""
-    uid = os.geteuid() if uid is None else uid
-    dirs = [Path("/run/metamock")]
-    if environ.get("XDG_RUNTIME_DIR"):
-        dirs.append(Path(environ["XDG_RUNTIME_DIR"]) / "metamock")
-    dirs.append(Path("/tmp") / f"metamock-{uid}")  # noqa: S108 (a private 0700 directory, checked)
-    return [d / f"control-{port}.sock" for d in dirs]
-
-
-def find_socket(port: int, environ: Mapping[str, str]) -> Path | None:
-    """The first candidate that exists as a socket (what `metamock trigger` connects to)."""
-    for path in socket_candidates(port, environ):
-        with contextlib.suppress(OSError):
-            if stat.S_ISSOCK(path.stat().st_mode):
-                return path
-    return None
-
-
-def _private_dir(directory: Path) -> bool:
-    """Create `directory` (0700) or accept it when it is ours and nobody else can write in it."""
-    try:
-        directory.mkdir(mode=0o700, exist_ok=True)
-        info = directory.stat()
-    except OSError:
-        return False
-    others_write = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-    return info.st_uid == os.geteuid() and not others_write and os.access(directory, os.W_OK)
-
-
-def choose_path(port: int, environ: Mapping[str, str]) -> Path:
-    """The first candidate whose directory we can make private; MetamockError when none."""
-    for path in socket_candidates(port, environ):
-        if _private_dir(path.parent):
-            return path
-    raise MetamockError("no private directory for the control socket (/run, $XDG_RUNTIME_DIR, /tmp)")
 
 
 class Controlled(Protocol):
@@ -111,9 +77,12 @@ def handle_request(target: Controlled, request: Any) -> dict[str, Any]:
 class ControlServer:
     """Listens on `path`; answers each line with `handler(request)`. Only our uid (or root) may talk."""
 
-    def __init__(self, path: Path, handler: Callable[[Any], dict[str, Any]]) -> None:
+    def __init__(
+        self, path: Path, handler: Callable[[Any], dict[str, Any]], netns: str | None = None
+    ) -> None:
         self.path = path
         self._handler = handler
+        self.netns = netns_key() if netns is None else netns  # requests for another one are refused
         self._server: asyncio.AbstractServer | None = None
         self._inode: int | None = None
         self._clients: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
@@ -157,37 +126,45 @@ class ControlServer:
             if self.path.stat().st_ino == self._inode:
                 self.path.unlink()
 
+    def _answer(self, request: Any) -> dict[str, Any]:
+        # The socket's file is reachable from every network namespace: a client that found it by
+        # its namespace's name says so, and a server of another namespace does not act for it.
+        if isinstance(request, dict) and "netns" in request:
+            wanted = request.pop("netns")
+            if self.netns is not None and wanted not in (None, self.netns):
+                return {
+                    "ok": False,
+                    "error": f"this server runs in another network namespace ({self.netns}, not {wanted})",
+                }
+        return self._handler(request)
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._clients[task] = writer
         try:
             if not _peer_allowed(writer):
-                writer.write(_line({"ok": False, "error": "not allowed"}))
+                writer.write(encode({"ok": False, "error": "not allowed"}))
                 return
             while True:
                 try:
                     raw = await asyncio.wait_for(reader.readline(), READ_TIMEOUT)
                 except (TimeoutError, ValueError, asyncio.LimitOverrunError):
-                    writer.write(_line({"ok": False, "error": "request too long or too slow"}))
+                    writer.write(encode({"ok": False, "error": "request too long or too slow"}))
                     return
                 if not raw:
                     return
                 try:
-                    answer = self._handler(json.loads(raw))
+                    answer = self._answer(json.loads(raw))
                 except json.JSONDecodeError:
                     answer = {"ok": False, "error": "a request is one line of JSON"}
-                writer.write(_line(answer))
+                writer.write(encode(answer))
                 await writer.drain()
         except ConnectionError:
             return
         finally:
             self._clients.pop(task, None)
             writer.close()
-
-
-def _line(message: Mapping[str, Any]) -> bytes:
-    return json.dumps(message).encode() + b"\n"
 
 
 def _peer_allowed(writer: asyncio.StreamWriter) -> bool:
@@ -206,27 +183,3 @@ def _alive(path: Path) -> bool:
         except OSError:
             return False
     return True
-
-
-def call(path: Path, request: Mapping[str, Any], timeout: float = 5.0) -> dict[str, Any]:
-    """Send one request to the server at `path` and return its answer (blocking, stdlib only)."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(str(path))
-            sock.sendall(_line(request))
-            data = b""
-            while not data.endswith(b"\n") and len(data) <= MAX_LINE:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-    except OSError as exc:
-        raise MetamockError(f"cannot talk to the server at {path}: {exc.strerror or exc}") from exc
-    try:
-        answer = json.loads(data)
-    except json.JSONDecodeError as exc:
-        raise MetamockError(f"the server at {path} answered something that is not JSON") from exc
-    if not isinstance(answer, dict):
-        raise MetamockError(f"the server at {path} answered something that is not an object")
-    return answer

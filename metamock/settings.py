@@ -1,118 +1,393 @@
 """Settings: flags beat environment, environment beats the config file, the file beats defaults.
 
-`Settings.load(flags, environ)` is the only place that reads environment values; everything else
-gets a Settings object. Every bad value is a SettingsError naming the setting, before anything listens.
+Each serve setting is declared once, as a field of `Settings` carrying an `Option` (flag, variable,
+parser, help, whether `[server]` may set it); the default is the field's. From that one table come
+the argparse arguments (`add_arguments`), the environment lookups and the `[server]` keys
+(`Settings.load`), and the flag names a command collects (`flag_names`).
+
+`Settings.load(flags, environ)` is the only place that reads environment values for `serve`;
+the client commands (healthcheck, trigger, netfilter, doctor) read the port with `client_port`,
+the same parser. Every bad value is a SettingsError naming the setting, before anything listens.
+Standard library only: the client commands import this and must start fast.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import ipaddress
-import json
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
+from metamock.config import ConfigFile
 from metamock.errors import SettingsError
 from metamock.scenarios import ScenarioError, validate_config
+from metamock.values import (
+    choice,
+    float_in,
+    int_in,
+    is_loopback,
+    listen_port,
+    parse_bool,
+    parse_hosts,
+    parsed,
+    role_arn_value,
+    server_port,
+    string_items,
+    task_metadata_file,
+    text,
+)
+
+__all__ = [
+    "DEFAULT_HOSTS",
+    "DEFAULT_PORT",
+    "ENDPOINT_VAR",
+    "ConfigFile",
+    "Option",
+    "Settings",
+    "add_arguments",
+    "add_port_argument",
+    "client_host",
+    "client_port",
+    "endpoint_advice",
+    "endpoint_url",
+    "flag_names",
+    "scenarios_with_flags",
+]
 
 DEFAULT_HOSTS = ("127.0.0.1", "::1")
 DEFAULT_PORT = 1338
+ENDPOINT_VAR = "AWS_EC2_METADATA_SERVICE_ENDPOINT"
+PORT_ENV = "METAMOCK_PORT"
 SOURCES = ("auto", "ecs", "local")
 TOKEN_MODES = ("optional", "required")
-TRUE_WORDS = {"1", "true", "yes", "on"}
-FALSE_WORDS = {"0", "false", "no", "off", ""}
 
 T = TypeVar("T")
 
 
+# -- the table -----------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
-class ConfigFile:
-    """The TOML file: server settings, metadata overrides, user-data, tags, scenarios."""
+class Option:
+    """How a user sets one setting: flag, environment variable, parser, help."""
 
-    path: Path | None = None
-    server: Mapping[str, Any] = field(default_factory=dict)
-    meta_data: Mapping[str, Any] = field(default_factory=dict)  # path under meta-data/ -> value
-    dynamic: Mapping[str, Any] = field(default_factory=dict)  # path under dynamic/ -> value
-    user_data: bytes | None = None
-    tags: Mapping[str, str] = field(default_factory=dict)
-    role_name: str | None = None
-    scenarios: Mapping[str, Any] = field(default_factory=dict)
-    interfaces: tuple[Mapping[str, Any], ...] = ()
+    flag: str  # "--hop-limit"; its argparse dest ("hop_limit") is the key of Settings.load's flags
+    env: str | None  # "METAMOCK_HOP_LIMIT", or None when only the flag (and the file) set it
+    parse: Callable[[Any], Any]
+    help: str
+    in_file: bool = True  # may `[server]` set it (as "hop-limit")?
+    kind: Literal["value", "switch", "list"] = "value"  # takes a value / none / repeatable
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag[2:].replace("-", "_")
+
+    @property
+    def file_key(self) -> str:
+        return self.flag[2:]
+
+
+_OPTION = "metamock.option"
+
+
+def _setting(default: T, option: Option) -> T:
+    # A dataclass field whose metadata is the option: the field's type and default are the setting's.
+    return field(default=default, metadata={_OPTION: option})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # The table: one field per setting, its Option next to its type and default.
+    hosts: tuple[str, ...] = _setting(
+        DEFAULT_HOSTS,
+        Option(
+            flag="--host",
+            env="METAMOCK_HOST",
+            parse=parse_hosts,
+            help="listen address, repeatable (env: comma-separated); non-loopback needs --allow-remote",
+            kind="list",
+        ),
+    )
+    port: int = _setting(
+        DEFAULT_PORT,
+        Option(
+            flag="--port",
+            env=PORT_ENV,
+            parse=listen_port,
+            help="listen port (0: any free port)",
+        ),
+    )
+    source: str = _setting(
+        "auto",
+        Option(
+            flag="--source",
+            env="METAMOCK_SOURCE",
+            parse=choice(SOURCES),
+            help="auto | ecs | local (auto: ecs when ECS_CONTAINER_METADATA_URI_V4 is set)",
+        ),
+    )
+    tokens: str = _setting(
+        "optional",
+        Option(
+            flag="--tokens",
+            env="METAMOCK_TOKENS",
+            parse=choice(TOKEN_MODES),
+            help="optional | required (required = IMDSv1 off)",
+        ),
+    )
+    hop_limit: int = _setting(
+        1,
+        Option(
+            flag="--hop-limit",
+            env="METAMOCK_HOP_LIMIT",
+            parse=int_in(1, 64),
+            help="IP TTL / hop limit of token responses, 1..64",
+        ),
+    )
+    config_path: Path | None = _setting(  # noqa: RUF009 (_setting returns a dataclasses.field)
+        None,
+        Option(
+            flag="--config",
+            env="METAMOCK_CONFIG",
+            parse=Path,
+            help="TOML file: metadata overrides, user-data, tags, interfaces, scenarios, [server] settings",
+            in_file=False,
+            metavar="FILE",
+        ),
+    )
+    task_metadata: Mapping[str, Any] | None = _setting(
+        None,
+        Option(
+            flag="--task-metadata",
+            env=None,
+            parse=task_metadata_file,
+            help="local source: a TMDE v4 /task JSON to translate",
+            in_file=False,
+            metavar="FILE",
+        ),
+    )
+    profile: str | None = _setting(
+        None,
+        Option(
+            flag="--profile",
+            env=None,
+            parse=text,
+            help="local source: credentials from this AWS profile",
+            in_file=False,
+        ),
+    )
+    role_arn: str | None = _setting(
+        None,
+        Option(
+            flag="--role-arn",
+            env=None,
+            parse=role_arn_value,
+            help="local source: credentials by AssumeRole of this role",
+            in_file=False,
+        ),
+    )
+    netfilter: bool = _setting(
+        False,
+        Option(
+            flag="--netfilter",
+            env="METAMOCK_NETFILTER",
+            parse=parse_bool,
+            help="apply the redirect at start, remove it at exit",
+            kind="switch",
+        ),
+    )
+    watch_config: bool = _setting(
+        False,
+        Option(
+            flag="--watch-config",
+            env=None,
+            parse=parse_bool,
+            help="reload the config file when it changes (SIGHUP always reloads)",
+            kind="switch",
+        ),
+    )
+    scenario_flags: tuple[str, ...] = _setting(
+        (),
+        Option(
+            flag="--scenario",
+            env=None,
+            parse=string_items,
+            help="start a scenario, repeatable, e.g. spot:delay=30,action=stop or asg:terminate-after=120; "
+            "replaces the config's [scenarios] entry of that kind",
+            in_file=False,
+            kind="list",
+            metavar="KIND[:OPTION=VALUE,...]",
+        ),
+    )
+    stop_notice: float = _setting(
+        10.0,
+        Option(
+            flag="--stop-notice",
+            env="METAMOCK_STOP_NOTICE",
+            parse=float_in(0, 3600),
+            help="seconds to serve the stop notice after SIGTERM (0 = off)",
+            metavar="SECONDS",
+        ),
+    )
+    allow_remote: bool = _setting(
+        False,
+        Option(
+            flag="--allow-remote",
+            env="METAMOCK_ALLOW_REMOTE",
+            parse=parse_bool,
+            help="allow non-loopback listen addresses (hands the task role to the network!)",
+            kind="switch",
+        ),
+    )
+    config: ConfigFile = field(default_factory=ConfigFile)
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def resolved_source(self) -> str:
+        if self.source != "auto":
+            return self.source
+        return "ecs" if self.environ.get("ECS_CONTAINER_METADATA_URI_V4") else "local"
 
     @classmethod
-    def read(cls, path: Path) -> ConfigFile:
-        """Parse and check the file; any problem is a SettingsError naming `--config` or the key."""
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise SettingsError("--config", f"cannot read {path}: {exc.strerror}") from exc
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise SettingsError("--config", f"{path} is not valid TOML: {exc}") from exc
-        return cls.from_mapping(raw, path)
-
-    @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any], path: Path | None = None) -> ConfigFile:
-        known = {
-            "server",
-            "meta-data",
-            "dynamic",
-            "user-data",
-            "tags",
-            "iam",
-            "scenarios",
-            "interfaces",
-        }
-        for key in raw:
-            if key not in known:
-                raise SettingsError(f"config {key}", f"unknown section; expected one of {sorted(known)}")
-        server = _table(raw, "server")
-        meta_data = _table(raw, "meta-data")
-        dynamic = _table(raw, "dynamic")
-        for section, table in (("meta-data", meta_data), ("dynamic", dynamic)):
-            for key, value in table.items():
-                _check_override(f"config {section}.{key}", key, value)
-        user_data_raw = raw.get("user-data")
-        if user_data_raw is not None and not isinstance(user_data_raw, str):
-            raise SettingsError("config user-data", "must be a string")
-        tags = _table(raw, "tags")
-        for key, value in tags.items():
-            if not isinstance(value, str) or "/" in key or not key:
+    def load(cls, flags: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
+        """Merge flags (by argparse dest; None = not given), METAMOCK_* variables, the config file
+        and the defaults."""
+        table = options()
+        config_path = _pick(table["config_path"], flags, environ, {})
+        config = ConfigFile.read(config_path) if config_path is not None else ConfigFile()
+        file_keys = {option.file_key for option in table.values() if option.in_file}
+        for key in config.server:
+            if key not in file_keys:
                 raise SettingsError(
-                    f"config tags.{key}", "tag keys must be non-empty without '/', values strings"
+                    f"config server.{key}", f"unknown key; expected one of {', '.join(sorted(file_keys))}"
                 )
-        iam = _table(raw, "iam")
-        role_name = iam.get("role-name")
-        if role_name is not None and (not isinstance(role_name, str) or not role_name or "/" in role_name):
-            raise SettingsError("config iam.role-name", "must be a non-empty name without '/'")
-        interfaces = raw.get("interfaces", [])
-        if not isinstance(interfaces, list) or not all(isinstance(i, dict) for i in interfaces):
-            raise SettingsError("config interfaces", "must be an array of tables ([[interfaces]])")
-        for n, iface in enumerate(interfaces):
-            if not isinstance(iface.get("mac"), str):
-                raise SettingsError(f"config interfaces[{n}].mac", "each extra interface needs a mac")
-        return cls(
-            path=path,
-            server=server,
-            meta_data=meta_data,
-            dynamic=dynamic,
-            user_data=user_data_raw.encode() if isinstance(user_data_raw, str) else None,
-            tags={str(k): str(v) for k, v in tags.items()},
-            role_name=role_name,
-            scenarios=_scenarios(raw),
-            interfaces=tuple(interfaces),
-        )
+        values: dict[str, Any] = {}
+        for name, option in table.items():
+            value = _pick(option, flags, environ, config.server)
+            values[name] = _default(name) if value is None else value
+        if values["scenario_flags"]:
+            config = replace(
+                config, scenarios=scenarios_with_flags(config.scenarios, values["scenario_flags"])
+            )
+        for host in values["hosts"]:
+            if not is_loopback(host) and not values["allow_remote"]:
+                raise SettingsError(
+                    "--host",
+                    f"{host} is not a loopback address; it would hand the task role to the network. "
+                    "Pass --allow-remote if you mean it",
+                )
+        return cls(**values, config=config, environ=dict(environ))
 
 
-def _scenarios(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """The `[scenarios]` table, checked against the schema in metamock.scenarios (kept raw)."""
-    table = _table(raw, "scenarios")
-    try:
-        validate_config(table)
-    except ScenarioError as exc:
-        raise SettingsError(f"config scenarios.{exc.key}", str(exc)) from exc
-    return table
+def options() -> dict[str, Option]:
+    """Settings field name -> its Option, in declaration order."""
+    return {f.name: f.metadata[_OPTION] for f in dataclasses.fields(Settings) if _OPTION in f.metadata}
+
+
+def _default(name: str) -> Any:
+    return next(f.default for f in dataclasses.fields(Settings) if f.name == name)
+
+
+def _pick(
+    option: Option, flags: Mapping[str, Any], environ: Mapping[str, str], file: Mapping[str, Any]
+) -> Any:
+    """The parsed value from the first layer that sets it, or None."""
+    flag = flags.get(option.dest)
+    if flag is not None and flag not in ([], ()):
+        return parsed(option.flag, flag, option.parse)
+    if option.env and environ.get(option.env) not in (None, ""):
+        return parsed(option.env, environ[option.env], option.parse)
+    if option.in_file and option.file_key in file:
+        return parsed(f"config server.{option.file_key}", file[option.file_key], option.parse)
+    return None
+
+
+def flag_names() -> tuple[str, ...]:
+    """The argparse dests of the serve options (what a command hands to Settings.load)."""
+    return tuple(option.dest for option in options().values())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The serve options as argparse arguments. Defaults are None (not given): Settings.load
+    parses the strings, so a bad value is one line naming the setting, like a bad variable."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
+    for name, option in options().items():
+        shown = _shown(defaults[name])
+        details = [f"default: {shown}"] if shown else []
+        if option.env:
+            details.append(f"env: {option.env}")
+        text = f"{option.help} [{', '.join(details)}]" if details else option.help
+        text = text.replace("%", "%%")
+        if option.kind == "switch":
+            parser.add_argument(option.flag, dest=option.dest, action="store_const", const=True, help=text)
+        elif option.kind == "list":
+            parser.add_argument(
+                option.flag, dest=option.dest, action="append", metavar=option.metavar, help=text
+            )
+        else:
+            parser.add_argument(option.flag, dest=option.dest, metavar=option.metavar, help=text)
+
+
+def _shown(default: Any) -> str | None:
+    """A default as help shows it; None when there is nothing to show (off, none)."""
+    if default is None or isinstance(default, bool) or default == ():
+        return None
+    if isinstance(default, tuple):
+        return " and ".join(str(item) for item in default)
+    if isinstance(default, float):
+        return f"{default:g}"
+    return str(default)
+
+
+# -- the port, for every command ------------------------------------------------------------------
+
+
+def add_port_argument(parser: argparse.ArgumentParser, what: str = "the server's port") -> None:
+    """`--port` of a client command; parsed by `client_port`, so its error is the same one line."""
+    parser.add_argument("--port", metavar="PORT", help=f"{what} (default {PORT_ENV} or {DEFAULT_PORT})")
+
+
+def client_port(flag: Any, environ: Mapping[str, str]) -> int:
+    """The port of the running server a command talks about: `--port`, else METAMOCK_PORT, else
+    1338. The same parser and message as `serve` (which alone also takes 0, any free port)."""
+    if flag is not None:
+        return parsed("--port", flag, server_port)
+    value = environ.get(PORT_ENV)
+    if value not in (None, ""):
+        return parsed(PORT_ENV, value, server_port)
+    return DEFAULT_PORT
+
+
+# -- where clients reach the server ---------------------------------------------------------------
+
+
+def client_host(hosts: Sequence[str]) -> str:
+    """An address a local client reaches the server on, among those it listens on: IPv4 loopback
+    first (every client speaks it), a wildcard as its loopback."""
+    if not hosts or "127.0.0.1" in hosts or "0.0.0.0" in hosts:
+        return "127.0.0.1"
+    for host in hosts:
+        if host == "localhost" or (ipaddress.ip_address(host).version == 4 and is_loopback(host)):
+            return host
+    if "::1" in hosts or "::" in hosts:
+        return "::1"
+    return hosts[0]
+
+
+def endpoint_url(port: int, host: str = "127.0.0.1") -> str:
+    """`http://host:port/`, IPv6 hosts in brackets."""
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def endpoint_advice(port: int, host: str = "127.0.0.1") -> str:
+    """What to set so the SDKs talk to metamock directly: `AWS_EC2_METADATA_SERVICE_ENDPOINT=...`."""
+    return f"{ENDPOINT_VAR}={endpoint_url(port, host)}"
+
+
+# -- `--scenario` ---------------------------------------------------------------------------------
 
 
 def scenarios_with_flags(table: Mapping[str, Any], flags: Sequence[str]) -> dict[str, Any]:
@@ -150,212 +425,3 @@ def _scalar(value: str) -> Any:
         return float(value)
     except ValueError:
         return value
-
-
-def _table(raw: Mapping[str, Any], key: str) -> dict[str, Any]:
-    value = raw.get(key, {})
-    if not isinstance(value, dict):
-        raise SettingsError(f"config {key}", "must be a table")
-    return value
-
-
-def _check_override(setting: str, key: str, value: Any) -> None:
-    parts = key.split("/")
-    if not key or any(p in {"", ".", ".."} for p in parts):
-        raise SettingsError(setting, "paths are 'a/b/c' without empty, '.' or '..' parts")
-    if value is False or isinstance(value, str | int | float | dict | list):
-        return
-    raise SettingsError(setting, "values are strings, numbers, tables/arrays (JSON) or false (remove)")
-
-
-@dataclass(frozen=True)
-class Settings:
-    hosts: tuple[str, ...] = DEFAULT_HOSTS
-    port: int = DEFAULT_PORT
-    source: str = "auto"
-    tokens: str = "optional"
-    hop_limit: int = 1
-    config_path: Path | None = None
-    task_metadata: Mapping[str, Any] | None = None
-    profile: str | None = None
-    role_arn: str | None = None
-    netfilter: bool = False
-    watch_config: bool = False
-    stop_notice: float = 10.0
-    allow_remote: bool = False
-    config: ConfigFile = field(default_factory=ConfigFile)
-    environ: Mapping[str, str] = field(default_factory=dict, repr=False)
-
-    def resolved_source(self) -> str:
-        if self.source != "auto":
-            return self.source
-        return "ecs" if self.environ.get("ECS_CONTAINER_METADATA_URI_V4") else "local"
-
-    @classmethod
-    def load(cls, flags: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
-        """Merge flags (None = not given), METAMOCK_* variables, the config file and defaults."""
-        config_value = flags.get("config") or environ.get("METAMOCK_CONFIG") or None
-        config = ConfigFile()
-        if config_value:
-            config = ConfigFile.read(Path(config_value))
-        if flags.get("scenario"):
-            config = replace(config, scenarios=scenarios_with_flags(config.scenarios, flags["scenario"]))
-        layers = _Layers(flags, environ, config.server)
-
-        hosts_raw = layers.pick("host", "METAMOCK_HOST", _parse_hosts)
-        hosts = hosts_raw if hosts_raw is not None else DEFAULT_HOSTS
-        allow_remote = bool(layers.pick("allow_remote", "METAMOCK_ALLOW_REMOTE", _parse_bool) or False)
-        for host in hosts:
-            if not _is_loopback(host) and not allow_remote:
-                raise SettingsError(
-                    "--host",
-                    f"{host} is not a loopback address; it would hand the task role to the network. "
-                    "Pass --allow-remote if you mean it",
-                )
-        port = layers.pick("port", "METAMOCK_PORT", _int_in(0, 65535))
-        source = layers.pick("source", "METAMOCK_SOURCE", _choice(SOURCES))
-        tokens = layers.pick("tokens", "METAMOCK_TOKENS", _choice(TOKEN_MODES))
-        hop_limit = layers.pick("hop_limit", "METAMOCK_HOP_LIMIT", _int_in(1, 64))
-        netfilter = layers.pick("netfilter", "METAMOCK_NETFILTER", _parse_bool)
-        stop_notice = layers.pick("stop_notice", "METAMOCK_STOP_NOTICE", _float_in(0, 3600))
-        watch = layers.pick("watch_config", None, _parse_bool)
-
-        task_metadata = None
-        if flags.get("task_metadata"):
-            task_metadata = _read_json("--task-metadata", Path(flags["task_metadata"]))
-        role_arn = flags.get("role_arn")
-        if role_arn is not None and not str(role_arn).startswith("arn:"):
-            raise SettingsError("--role-arn", "must be an IAM role ARN (arn:aws:iam::<account>:role/<name>)")
-        return cls(
-            hosts=tuple(hosts),
-            port=DEFAULT_PORT if port is None else port,
-            source=source or "auto",
-            tokens=tokens or "optional",
-            hop_limit=1 if hop_limit is None else hop_limit,
-            config_path=Path(config_value) if config_value else None,
-            task_metadata=task_metadata,
-            profile=flags.get("profile"),
-            role_arn=role_arn,
-            netfilter=bool(netfilter),
-            watch_config=bool(watch),
-            stop_notice=10.0 if stop_notice is None else stop_notice,
-            allow_remote=allow_remote,
-            config=config,
-            environ=dict(environ),
-        )
-
-
-class _Layers:
-    def __init__(self, flags: Mapping[str, Any], environ: Mapping[str, str], file: Mapping[str, Any]) -> None:
-        self.flags, self.environ, self.file = flags, environ, file
-        known = {
-            "host",
-            "port",
-            "source",
-            "tokens",
-            "hop-limit",
-            "netfilter",
-            "stop-notice",
-            "allow-remote",
-            "watch-config",
-        }
-        for key in file:
-            if key not in known:
-                raise SettingsError(
-                    f"config server.{key}", f"unknown setting; expected one of {sorted(known)}"
-                )
-
-    def pick(self, name: str, env: str | None, parse: Callable[[Any], T]) -> T | None:
-        flag = self.flags.get(name)
-        if flag is not None and flag != []:
-            return _parsed(f"--{name.replace('_', '-')}", flag, parse)
-        if env and self.environ.get(env) not in (None, ""):
-            return _parsed(env, self.environ[env], parse)
-        key = name.replace("_", "-")
-        if key in self.file:
-            return _parsed(f"config server.{key}", self.file[key], parse)
-        return None
-
-
-def _parsed(setting: str, value: Any, parse: Callable[[Any], T]) -> T:
-    try:
-        return parse(value)
-    except (ValueError, TypeError) as exc:
-        raise SettingsError(setting, f"{value!r}: {exc}") from exc
-
-
-def _int_in(low: int, high: int) -> Callable[[Any], int]:
-    def parse(value: Any) -> int:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError(f"expected an integer {low}..{high}")
-        try:
-            number = int(value)
-        except (ValueError, TypeError):
-            raise ValueError(f"expected an integer {low}..{high}") from None
-        if not low <= number <= high:
-            raise ValueError(f"out of range {low}..{high}")
-        return number
-
-    return parse
-
-
-def _float_in(low: float, high: float) -> Callable[[Any], float]:
-    def parse(value: Any) -> float:
-        if isinstance(value, bool):
-            raise ValueError("expected a number of seconds")
-        try:
-            number = float(value)
-        except (ValueError, TypeError):
-            raise ValueError("expected a number of seconds") from None
-        if not low <= number <= high:
-            raise ValueError(f"out of range {low:g}..{high:g}")
-        return number
-
-    return parse
-
-
-def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
-        if value not in options:
-            raise ValueError(f"expected one of {', '.join(options)}")
-        return str(value)
-
-    return parse
-
-
-def _parse_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in TRUE_WORDS:
-        return True
-    if text in FALSE_WORDS:
-        return False
-    raise ValueError("expected true or false")
-
-
-def _parse_hosts(value: Any) -> tuple[str, ...]:
-    items = value if isinstance(value, list | tuple) else str(value).split(",")
-    hosts = tuple(str(h).strip().strip("[]") for h in items if str(h).strip())
-    if not hosts:
-        raise ValueError("expected at least one address")
-    for host in hosts:
-        if host != "localhost":
-            ipaddress.ip_address(host)
-    return hosts
-
-
-def _is_loopback(host: str) -> bool:
-    return host == "localhost" or ipaddress.ip_address(host).is_loopback
-
-
-def _read_json(setting: str, path: Path) -> Mapping[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SettingsError(setting, f"cannot read {path}: {exc.strerror}") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SettingsError(setting, f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise SettingsError(setting, f"{path} must hold a JSON object (a TMDE v4 /task document)")
-    return value

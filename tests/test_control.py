@@ -10,22 +10,20 @@ import socket
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
 from metamock import cli
-from metamock.control import (
-    ControlServer,
-    _private_dir,
-    call,
-    choose_path,
-    find_socket,
-    socket_candidates,
-)
+from metamock.control import ControlServer, choose_path
+from metamock.control_socket import call, find_socket, private_dir, socket_candidates
 from metamock.errors import MetamockError
-from tests.conftest import require_root
+from tests.cli_support import assert_one_line_exit_2, cli_env, stop, wait_for_line
+from tests.conftest import make_netns, require_root
+from tests.netns import REPO, NetNS
 from tests.scenarios_support import fetch, free_port, get, scenario_service, serve_process
 
 
@@ -171,19 +169,23 @@ async def test_stale_socket_is_replaced_and_a_live_one_is_not(tmp_path: Path) ->
 
 
 def test_default_paths_and_private_directories(tmp_path: Path) -> None:
-    paths = socket_candidates(1338, {"XDG_RUNTIME_DIR": "/run/user/1000"}, uid=1000)
+    paths = socket_candidates(1338, {"XDG_RUNTIME_DIR": "/run/user/1000"}, uid=1000, netns="4-4026531840")
     assert [str(p) for p in paths] == [
-        "/run/metamock/control-1338.sock",
-        "/run/user/1000/metamock/control-1338.sock",
-        "/tmp/metamock-1000/control-1338.sock",
+        "/run/metamock/control-1338-net4-4026531840.sock",
+        "/run/user/1000/metamock/control-1338-net4-4026531840.sock",
+        "/tmp/metamock-1000/control-1338-net4-4026531840.sock",
     ]
-    assert [str(p) for p in socket_candidates(80, {}, uid=0)][-1] == "/tmp/metamock-0/control-80.sock"
+    assert [str(p) for p in socket_candidates(80, {}, uid=0, netns="")][
+        -1
+    ] == "/tmp/metamock-0/control-80.sock"
+    info = Path("/proc/self/ns/net").stat()
+    assert socket_candidates(80, {})[0].name == f"control-80-net{info.st_dev}-{info.st_ino}.sock"
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
-    assert not _private_dir(shared)  # anyone could swap the socket: refused
+    assert not private_dir(shared)  # anyone could swap the socket: refused
     fresh = tmp_path / "fresh"
-    assert _private_dir(fresh)
+    assert private_dir(fresh)
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
 
 
@@ -231,3 +233,147 @@ def test_trigger_reaches_a_real_serve_by_its_port() -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     assert not path.exists()
+
+
+# -- what `metamock trigger` tells a user -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["spot", "--delay", "-5"], "metamock trigger: --delay: -5.0: expected seconds"),
+        (["spot", "--in", "99999999999"], "metamock trigger: --in: "),
+        (["rebalance", "--at", "yesterday"], "metamock trigger: --at: 'yesterday': expected a time"),
+        (["maintenance", "--not-before", "soon"], "metamock trigger: --not-before: 'soon': expected a time"),
+    ],
+)
+def test_trigger_refuses_what_the_server_would_refuse(argv: list[str], needle: str) -> None:
+    """Checked with the server's own validation before any socket is looked for: exit 2."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "metamock", "trigger", *argv, "--port", "9"],
+        env=cli_env(), capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert_one_line_exit_2(proc, needle)
+
+
+async def test_a_server_refuses_requests_for_another_namespace(tmp_path: Path) -> None:
+    path = tmp_path / "c.sock"
+    server = ControlServer(path, lambda request: {"ok": True, "seen": request}, netns="21-111")
+    await server.start()
+    try:
+        other = await asyncio.to_thread(call, path, {"op": "status"}, 5.0, "21-222")
+        assert other == {
+            "ok": False,
+            "error": "this server runs in another network namespace (21-111, not 21-222)",
+        }
+        same = await asyncio.to_thread(call, path, {"op": "status"}, 5.0, "21-111")
+        assert same == {"ok": True, "seen": {"op": "status"}}  # the handler never sees the key
+    finally:
+        await server.close()
+
+
+def _serve_in(ns: NetNS, *extra: str, user: list[str] | None = None) -> subprocess.Popen[Any]:
+    argv = [sys.executable, "-m", "metamock", "serve", "--source", "local", "--host", "127.0.0.1"]
+    proc = ns.popen(
+        [*(user or []), *argv, "--port", "1338", "--stop-notice", "0", *extra],
+        cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_for_line(proc, "serving IMDS")
+    return proc
+
+
+def _trigger_in(ns: NetNS, *argv: str, user: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    return ns.run(
+        [*(user or []), sys.executable, "-m", "metamock", "trigger", *argv], env=cli_env(), cwd=REPO
+    )
+
+
+def _spot_status(ns: NetNS) -> str:
+    got = ns.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", SPOT_URL])
+    return got.stdout
+
+
+SPOT_URL = "http://127.0.0.1:1338/latest/meta-data/spot/instance-action"
+NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+OTHER = ["setpriv", "--reuid", "65533", "--regid", "65533", "--clear-groups"]
+
+
+@pytest.fixture
+def two_ns() -> Iterator[tuple[NetNS, NetNS]]:
+    first = make_netns(ecs_shaped=False)
+    try:
+        second = make_netns(ecs_shaped=False)
+        try:
+            yield first, second
+        finally:
+            second.close()
+    finally:
+        first.close()
+
+
+@pytest.mark.root
+def test_same_port_in_two_namespaces_are_two_servers(two_ns: tuple[NetNS, NetNS]) -> None:
+    """Both servers listen on 1338, each in its own namespace, sockets side by side in /run/metamock:
+    `trigger` in the first changes the first only."""
+    first, second = two_ns
+    servers = [_serve_in(first), _serve_in(second)]
+    try:
+        done = _trigger_in(first, "spot", "--port", "1338")
+        assert done.returncode == 0, done.stderr
+        assert (_spot_status(first), _spot_status(second)) == ("200", "404")
+        status = _trigger_in(second, "--status", "--port", "1338")
+        assert (status.returncode, json.loads(status.stdout)) == (0, [])
+    finally:
+        assert [stop(proc) for proc in servers] == [0, 0]
+
+
+@pytest.mark.root
+def test_a_stale_socket_is_named_and_then_replaced(two_ns: tuple[NetNS, NetNS]) -> None:
+    """A socket left by a dead server (or one of a destroyed namespace whose inode the kernel gave to
+    this one) is not a server: trigger says so, and the next server replaces it."""
+    ns, _ = two_ns
+    key = ns.run([sys.executable, "-c", KEY_CODE], env=cli_env(), cwd=REPO).stdout.strip()
+    stale = Path("/run/metamock") / f"control-1338-net{key}.sock"
+    Path("/run/metamock").mkdir(mode=0o700, exist_ok=True)
+    left = socket.socket(socket.AF_UNIX)
+    left.bind(str(stale))
+    left.close()
+    try:
+        done = _trigger_in(ns, "spot", "--port", "1338")
+        assert done.returncode == 1
+        assert f"no server listens on {stale} (left behind by a server that stopped?)" in done.stderr
+        server = _serve_in(ns)
+        try:
+            assert _trigger_in(ns, "spot", "--port", "1338").returncode == 0
+            assert _spot_status(ns) == "200"
+        finally:
+            assert stop(server) == 0
+        assert not stale.exists()
+    finally:
+        stale.unlink(missing_ok=True)
+
+
+KEY_CODE = "from metamock.control_socket import netns_key; print(netns_key())"
+
+
+@pytest.mark.root
+def test_another_users_socket_is_named_not_missing(two_ns: tuple[NetNS, NetNS]) -> None:
+    """A root server's socket, triggered by nobody: whose it is, exit 2. A server of nobody: root
+    finds it in nobody's directory; a third user is told whose directory that is."""
+    ns, other_ns = two_ns
+    server = _serve_in(ns)
+    try:
+        done = _trigger_in(ns, "spot", "--port", "1338", user=NOBODY)
+        assert_one_line_exit_2(done, "/run/metamock belongs to uid 0 (root)", "permission denied")
+        assert _spot_status(ns) == "404"
+    finally:
+        assert stop(server) == 0
+    server = _serve_in(other_ns, user=NOBODY)
+    try:
+        done = _trigger_in(other_ns, "spot", "--port", "1338", user=OTHER)
+        assert_one_line_exit_2(done, "/tmp/metamock-65534 belongs to uid 65534", "permission denied")
+        done = _trigger_in(other_ns, "spot", "--port", "1338")  # root
+        assert done.returncode == 0, done.stderr
+        assert _spot_status(other_ns) == "200"
+    finally:
+        assert stop(server) == 0

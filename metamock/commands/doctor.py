@@ -7,39 +7,23 @@ import asyncio
 import os
 import sys
 
-from metamock.doctor.context import DEFAULT_PORT, DoctorContext
+from metamock.doctor.context import DoctorContext
 from metamock.doctor.report import exit_code, render_human, render_json
 from metamock.doctor.runner import run_checks
-from metamock.errors import SettingsError
+from metamock.runtime import install_process_effects
+from metamock.settings import add_port_argument, client_port
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help='print {"checks": [...]} instead of lines')
-    parser.add_argument(
-        "--port", type=int, default=None, help=f"the server's port (default: METAMOCK_PORT or {DEFAULT_PORT})"
-    )
+    add_port_argument(parser)
     parser.add_argument("--offline", action="store_true", help="skip the checks that call AWS (STS)")
-
-
-def _port(flag: int | None, environ: dict[str, str]) -> int:
-    if flag is not None:
-        value: object = flag
-        setting = "--port"
-    else:
-        value = environ.get("METAMOCK_PORT", DEFAULT_PORT)
-        setting = "METAMOCK_PORT"
-    try:
-        port = int(str(value))
-    except ValueError:
-        raise SettingsError(setting, f"not a port number: {value!r}") from None
-    if not 1 <= port <= 65535:
-        raise SettingsError(setting, f"not a port number: {port}")
-    return port
 
 
 def run(args: argparse.Namespace) -> int:
     environ = dict(os.environ)
-    ctx = DoctorContext(environ=environ, port=_port(args.port, environ), offline=args.offline)
+    ctx = DoctorContext(environ=environ, port=client_port(args.port, environ), offline=args.offline)
+    install_process_effects()  # botocore's DEBUG lines carry the session token: never at -v
     checks = asyncio.run(run_checks(ctx))
     if args.json:
         sys.stdout.write(render_json(checks))

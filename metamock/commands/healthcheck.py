@@ -9,11 +9,11 @@ import argparse
 import http.client
 import os
 
-DEFAULT_PORT = 1338
+from metamock.settings import add_port_argument, client_port
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", type=int, help="server port (default METAMOCK_PORT or 1338)")
+    add_port_argument(parser)
     parser.add_argument("--host", default="127.0.0.1", help="server address (default 127.0.0.1)")
     parser.add_argument("--timeout", type=float, default=2.0, help="seconds per request (default 2)")
 
@@ -39,7 +39,7 @@ def check(host: str, port: int, timeout: float) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    port = args.port or int(os.environ.get("METAMOCK_PORT") or DEFAULT_PORT)
+    port = client_port(args.port, os.environ)
     problem = check(args.host, port, args.timeout)
     if problem:
         print(f"metamock healthcheck: unhealthy: {problem}")

@@ -6,9 +6,7 @@ import argparse
 import os
 import sys
 
-from metamock.errors import SettingsError
-
-DEFAULT_PORT = 1338
+from metamock.settings import add_port_argument, client_port
 
 
 def _uid(text: str) -> int:
@@ -26,17 +24,9 @@ def _uid(text: str) -> int:
     return uid
 
 
-def _port(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise argparse.ArgumentTypeError(f"expected 1..65535, got {text!r}")
-    return int(text)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["apply", "remove", "status"])
-    parser.add_argument(
-        "--port", type=_port, default=None, help=f"server port (default $METAMOCK_PORT or {DEFAULT_PORT})"
-    )
+    add_port_argument(parser)
     parser.add_argument(
         "--backend",
         choices=["auto", "nft", "iptables"],
@@ -64,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from metamock import netfilter
 
     environ = dict(os.environ)  # the edge: PATH and METAMOCK_IPTABLES go in as a mapping
-    port = args.port if args.port is not None else _env_port(environ.get("METAMOCK_PORT"))
+    port = client_port(args.port, environ)
     if args.action == "apply":
         backend = netfilter.apply(port, args.backend, args.ipv6, args.exclude_uid, environ=environ)
         print(f"netfilter applied with backend {backend}")
@@ -81,12 +71,3 @@ def run(args: argparse.Namespace) -> int:
     if not st.known:
         return 2  # the contract: "cannot tell" is neither applied (0) nor absent (1)
     return 0 if st.applied else 1
-
-
-def _env_port(value: str | None) -> int:
-    if not value:
-        return DEFAULT_PORT
-    try:
-        return _port(value)
-    except argparse.ArgumentTypeError as exc:
-        raise SettingsError("METAMOCK_PORT", str(exc)) from None

@@ -9,61 +9,18 @@ import os
 import sys
 from collections.abc import Mapping
 
+from metamock import settings as settings_table
 from metamock.lifecycle import serve_until_signal
 from metamock.service import Service
-from metamock.settings import Settings
+from metamock.settings import Settings, client_host, endpoint_advice
 
 log = logging.getLogger("metamock")
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """The serve options, shared with `metamock sidecar`. Defaults are None: see Settings.load."""
-    add = parser.add_argument
-    add("--host", action="append", help="listen address (repeatable; default 127.0.0.1 and ::1)")
-    add("--port", help="listen port (default 1338)")
-    add("--source", help="auto | ecs | local (default auto)")
-    add("--tokens", help="optional | required (required = IMDSv1 off)")
-    add(
-        "--hop-limit",
-        dest="hop_limit",
-        help="IP TTL / hop limit of token responses, 1..64 (default 1)",
-    )
-    add(
-        "--config",
-        help="TOML file: metadata overrides, user-data, tags, scenarios, server settings",
-    )
-    add(
-        "--task-metadata",
-        dest="task_metadata",
-        help="local source: a TMDE v4 /task JSON to translate",
-    )
-    add("--profile", help="local source: credentials from this AWS profile")
-    add("--role-arn", dest="role_arn", help="local source: credentials by AssumeRole of this role")
-    add(
-        "--netfilter",
-        action="store_const",
-        const=True,
-        help="apply the redirect at start, remove at exit",
-    )
-    add(
-        "--watch-config",
-        dest="watch_config",
-        action="store_const",
-        const=True,
-        help="reload the config file when it changes (SIGHUP always reloads)",
-    )
-    add(
-        "--stop-notice",
-        dest="stop_notice",
-        help="seconds to serve the stop notice after SIGTERM (default 10)",
-    )
-    add(
-        "--allow-remote",
-        dest="allow_remote",
-        action="store_const",
-        const=True,
-        help="allow non-loopback listen addresses (hands the task role to the network!)",
-    )
+    """The serve options, shared with `metamock sidecar`: derived from the table in
+    metamock.settings. Defaults are None (not given): see Settings.load."""
+    settings_table.add_arguments(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,26 +28,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
-    flags = {
-        name: getattr(args, name, None)
-        for name in (
-            "host", "port", "source", "tokens", "hop_limit", "config", "task_metadata", "profile",
-            "role_arn", "netfilter", "watch_config", "stop_notice", "allow_remote", "scenario",
-        )
-    }  # fmt: skip
+    flags = {name: getattr(args, name, None) for name in settings_table.flag_names()}
     return Settings.load(flags, environ)
-
-
-def endpoint_advice(port: int) -> str:
-    return f"AWS_EC2_METADATA_SERVICE_ENDPOINT=http://127.0.0.1:{port}/"
 
 
 def announce(service: Service) -> None:
     settings = service.settings
     hosts = ", ".join(f"[{h}]" if ":" in h else h for h in settings.hosts)
+    # Advise an address the server really listens on (with only --host ::1, 127.0.0.1 is refused).
+    advice = endpoint_advice(service.port, client_host(settings.hosts))
     log.info(
         "serving IMDS on %s port %d (source %s, tokens %s); point clients at it with %s",
-        hosts, service.port, settings.resolved_source(), settings.tokens, endpoint_advice(service.port),
+        hosts, service.port, settings.resolved_source(), settings.tokens, advice,
     )  # fmt: skip
 
 

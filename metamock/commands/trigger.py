@@ -9,14 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from metamock.control import call, find_socket, socket_candidates
+from metamock.control_socket import call, locate_socket, netns_key
 from metamock.errors import MetamockError, SettingsError
-from metamock.scenarios import ACTIONS, EVENT_CODES, EVENT_STATES, KINDS
-
-DEFAULT_PORT = 1338
+from metamock.scenarios import ACTIONS, EVENT_CODES, EVENT_STATES, KINDS, ScenarioError, build
+from metamock.settings import add_port_argument, client_port
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--clear", action="store_true", help="remove scenarios (all, or the one named)")
     add("--status", action="store_true", help="print the scheduled scenarios as JSON")
     add("--socket", type=Path, help="control socket path (default: found from --port)")
-    add("--port", type=int, help="the server's port, to find its socket (default METAMOCK_PORT or 1338)")
+    add_port_argument(parser, "the server's port, to find its socket")
     when = parser.add_mutually_exclusive_group()
     when.add_argument("--delay", type=float, help="seconds from now until it appears (default 0)")
     when.add_argument("--at", help="when it appears, e.g. 2026-01-07T01:03:47Z")
@@ -72,6 +73,10 @@ def request_from_args(args: argparse.Namespace) -> dict[str, Any]:
             flag = "--" + key if dest != "in_" else "--in"
             raise SettingsError(flag, f"applies to {', '.join(sorted(kinds))}, not {args.scenario}")
         options[key] = _number_or_text(value)
+    try:  # what the server would refuse is refused here, as a bad argument (exit 2)
+        build(args.scenario, options, time.time())
+    except ScenarioError as exc:
+        raise SettingsError(f"--{exc.key}" if exc.key else args.scenario, str(exc)) from None
     return {"op": "trigger", "scenario": args.scenario, "options": options}
 
 
@@ -85,21 +90,18 @@ def _number_or_text(value: Any) -> Any:
     return value
 
 
-def socket_path(args: argparse.Namespace, environ: dict[str, str]) -> Path:
+def socket_path(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[Path, str | None]:
+    """The socket to talk to, and the network namespace the request is for (None: --socket given,
+    the user named the server)."""
     if args.socket is not None:
-        return Path(args.socket)
-    port = args.port or int(environ.get("METAMOCK_PORT") or DEFAULT_PORT)
-    found = find_socket(port, environ)
-    if found is None:
-        places = ", ".join(str(p) for p in socket_candidates(port, environ))
-        raise MetamockError(f"no metamock control socket for port {port} (looked at {places})")
-    return found
+        return Path(args.socket), None
+    return locate_socket(client_port(args.port, environ), environ), netns_key()
 
 
 def run(args: argparse.Namespace) -> int:
     request = request_from_args(args)
-    path = socket_path(args, dict(os.environ))
-    answer = call(path, request)
+    path, netns = socket_path(args, os.environ)
+    answer = call(path, request, netns=netns)
     if not answer.get("ok"):
         raise MetamockError(f"the server refused: {answer.get('error', 'no reason given')}")
     if args.status:

@@ -9,11 +9,10 @@ from typing import TYPE_CHECKING
 
 from metamock.clock import Clock, SystemClock
 from metamock.doctor.report import Check, Redactor
+from metamock.settings import DEFAULT_PORT
 
 if TYPE_CHECKING:
     from metamock.doctor.place import Place
-
-DEFAULT_PORT = 1338
 
 
 @dataclass(frozen=True)

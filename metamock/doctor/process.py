@@ -13,9 +13,9 @@ from metamock.netfilter.privilege import (
     CAP_NET_ADMIN,
     CAP_SYS_PTRACE,
     effective_capabilities,
-    endpoint_advice,
     has_capability,
 )
+from metamock.settings import endpoint_advice
 
 NAMES = ("capabilities", "pid1-environ", "pid1", "dev-log", "agents")
 # `--agent NAME` -> the long-running process (the CloudWatch preset starts through a wrapper).

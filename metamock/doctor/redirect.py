@@ -14,11 +14,11 @@ from metamock.doctor.place import Kind, Place, where
 from metamock.doctor.procfs import read_environ
 from metamock.doctor.report import Check, failed, passed, skipped, warned
 from metamock.errors import MetamockError
-from metamock.netfilter.privilege import endpoint_advice, has_net_admin
+from metamock.netfilter.privilege import has_net_admin
+from metamock.settings import ENDPOINT_VAR, endpoint_advice
 
 NAMES = ("redirect", "route", "endpoint-env")
 IMDS_V4 = "169.254.169.254"
-ENDPOINT_VAR = "AWS_EC2_METADATA_SERVICE_ENDPOINT"
 _PORT_PATTERNS = (
     re.compile(r"redirect to :(\d+)"),
     re.compile(r"dnat (?:ip )?to 127\.0\.0\.1:(\d+)"),

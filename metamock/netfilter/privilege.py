@@ -7,15 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from metamock.errors import PrivilegeError
+from metamock.settings import endpoint_advice
 
 CAP_NET_ADMIN = 12
 CAP_SYS_PTRACE = 19
 SELF_STATUS = Path("/proc/self/status")
-
-
-def endpoint_advice(port: int) -> str:
-    """The alternative when the redirect cannot be set up: point the SDKs at metamock directly."""
-    return f"AWS_EC2_METADATA_SERVICE_ENDPOINT=http://127.0.0.1:{port}/"
 
 
 def parse_cap_eff(proc_status: str) -> int | None:
