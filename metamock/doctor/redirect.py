@@ -8,11 +8,11 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from metamock.doctor.blocking import in_daemon_thread
 from metamock.doctor.context import DoctorContext
 from metamock.doctor.procfs import CAP_NET_ADMIN, cap_eff, has_cap, read_environ
 from metamock.doctor.report import Check, failed, passed, skipped, warned
 from metamock.errors import MetamockError
+from metamock.threads import in_daemon_thread
 
 NAMES = ("redirect", "route", "endpoint-env")
 IMDS_V4 = "169.254.169.254"

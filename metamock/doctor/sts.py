@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from metamock.doctor.blocking import in_daemon_thread
 from metamock.doctor.context import CheckFailed, DoctorContext
 from metamock.doctor.credentials import endpoint_of, fetch_container_credentials
 from metamock.doctor.report import Check, failed, passed, skipped
 from metamock.doctor.server import server_credentials
 from metamock.sources.base import Credentials
+from metamock.threads import in_daemon_thread
 
 NAMES = ("sts",)
 
