@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -224,11 +225,23 @@ async def test_a_cancelled_waiter_does_not_disturb_the_others(
 
 
 async def test_a_failing_change_listener_does_not_stop_the_cache(
-    make_cache: MakeCache, caplog: pytest.LogCaptureFixture
+    agent: FakeEcsAgent, make_cache: MakeCache, caplog: pytest.LogCaptureFixture
 ) -> None:
     def broken() -> None:
-        raise RuntimeError("listener bug")
+        raise RuntimeError("listener bug\nsecond line")
 
+    caplog.set_level(logging.DEBUG, logger="metamock.ecs.credentials")
     cache = make_cache(on_change=broken)
     assert await cache.refresh() is not None
-    assert "change listener failed: RuntimeError" in caplog.text
+    # Named as what failed (the rebuild, not the credentials), with its one-line message.
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert [r.getMessage() for r in errors] == [
+        "rebuilding the metadata tree after new credentials failed: RuntimeError: listener bug second line"
+    ]
+    assert errors[0].exc_info is None  # the traceback only at DEBUG
+    debug = [r for r in caplog.records if r.levelno == logging.DEBUG and r.exc_info]
+    assert len(debug) == 1
+    assert "listener bug" in str(debug[0].exc_info[1])  # type: ignore[index]
+    agent.rotate()  # the cache goes on: the next change is taken (and reported) again
+    assert (await cache.refresh()).access_key_id == "ASIAROTATED000000001"  # type: ignore[union-attr]
+    assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 2

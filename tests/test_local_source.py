@@ -20,6 +20,7 @@ from metamock.errors import SettingsError, UpstreamError
 from metamock.sources import local
 from metamock.sources.base import Credentials
 from metamock.sources.local import LocalSource
+from tests.ecs_support import SteppedSleep
 from tests.golden_files import assert_golden
 from tests.moto_fixture import moto_server, start_moto_server, stop_moto_server
 
@@ -27,6 +28,7 @@ __all__ = ["moto_server"]  # a fixture, imported to be used by name
 
 ROLE_ARN = "arn:aws:iam::123456789012:role/team/deploy-role"
 BASE_KEY, BASE_SECRET = "AKIAMETAMOCKTESTBASE", "base/secret/from/the/profile/file/0000000"
+LOOP = f"{local.CACHE_NAME}-refresh"  # the cache's renewal loop, parked in a SteppedSleep
 
 
 def golden(name: str, actual: str) -> None:
@@ -180,28 +182,126 @@ async def test_env_var_keys_come_from_environ_not_os_environ(
 
 
 async def test_static_expiration_rolls_and_stays_an_hour_ahead(
-    profile_env: dict[str, str], source_factory: Any
+    profile_env: dict[str, str], source_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = ManualClock()
-    src = source_factory(environ=profile_env, clock=clock)
+    sleeper = SteppedSleep(clock)
+    src = source_factory(environ=profile_env, clock=clock, sleep=sleeper)
     changes: list[None] = []
     src.on_change = lambda: changes.append(None)
     await src.start()
-    for _ in range(40):  # 40 x 25 min: many synthetic lifetimes
-        clock.advance(25 * 60)
+    began = clock.time()
+    # Re-dating is the cache's fetch of static keys: the chain is not asked again.
+    monkeypatch.setattr(src, "_fetch_here", None)
+    lowest = float("inf")
+    while clock.time() - began < 40 * 25 * 60:  # many synthetic lifetimes
+        await sleeper.step(LOOP)
         creds = src.credentials()
         assert creds is not None
-        assert creds.expiration - clock.time() >= 3600
         assert creds.access_key_id == BASE_KEY
-    assert len(changes) >= 4
+        lowest = min(lowest, creds.expiration - clock.time())
+    assert lowest >= 2 * 3600 - 1  # re-dated every 4 h: always >= 2 h (the docs promise 1 h)
+    assert len(changes) == 1 + 4  # the first, then one re-date per 4 h in 16.7 h
 
 
-def process_profile(aws_home: dict[str, str], tmp_path: Path, *, fail_from: int = 0) -> None:
-    """[default] with a credential_process printing credentials that expire in 30 minutes.
+async def test_reads_are_pure(profile_env: dict[str, str], source_factory: Any) -> None:
+    """Reading never re-dates, fetches or notifies: that is the refresh loop's job."""
+    clock = ManualClock()
+    sleeper = SteppedSleep(clock)
+    src = source_factory(environ=profile_env, clock=clock, sleep=sleeper)
+    changes: list[None] = []
+    src.on_change = lambda: changes.append(None)
+    await src.start()
+    await sleeper.wait_parked(LOOP)
+    first = src.credentials()
+    assert len(changes) == 1
+    clock.advance(4.5 * 3600)  # past the re-date point (4 h): the loop has not run yet
+    for _ in range(100):
+        assert src.credentials() is first
+    assert await src.credentials_within(0.1) is first  # valid ones: no fetch either
+    clock.advance(1.5 * 3600)  # past the expiry (6 h)
+    for _ in range(100):
+        assert src.credentials() is None  # never served expired, and reading did not renew
+    assert len(changes) == 1
+    # Only a client that finds none starts (or joins) the one shared fetch.
+    renewed = await src.credentials_within(1.0)
+    assert renewed is not None
+    assert renewed.expiration - clock.time() == pytest.approx(local.STATIC_LIFETIME)
+    assert len(changes) == 2
 
+
+async def test_one_rebuild_builds_one_tree(profile_env: dict[str, str]) -> None:
+    """The service's rebuild reads the credentials; a read must not call it back (re-entry)."""
+    from metamock.service import Service
+    from metamock.settings import Settings
+
+    clock = ManualClock()
+    sleeper = SteppedSleep(clock)
+    src = LocalSource(environ=profile_env, clock=clock, sleep=sleeper)
+    settings = Settings.load({"port": 0, "host": ["127.0.0.1"], "source": "local"}, profile_env)
+    service = await Service.start(settings, clock=clock, source=src, control_socket=False)
+    try:
+        await sleeper.wait_parked(LOOP)
+        builds: list[int] = []
+        depth = 0
+        rebuild = service.rebuild
+
+        def counted() -> None:
+            nonlocal depth
+            depth += 1
+            builds.append(depth)
+            try:
+                rebuild()
+            finally:
+                depth -= 1
+
+        service.rebuild = counted  # type: ignore[method-assign]
+        src.on_change = counted
+        clock.advance(4.5 * 3600)  # static keys due for re-dating (the old code did it in a read)
+        service.rebuild()
+        assert builds == [1]  # one tree, nesting depth 1
+        assert await service.ensure_credentials(0.1) is False  # a read: no rebuild either
+        assert builds == [1]
+        await sleeper.step(LOOP)  # the cache re-dates them: one change, one rebuild
+        assert builds == [1, 1]
+        assert service.tree is not None
+    finally:
+        await service.stop(stop_notice=False)
+
+
+async def test_a_failed_rebuild_is_logged_as_one(
+    profile_env: dict[str, str], source_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = ManualClock()
+    sleeper = SteppedSleep(clock)
+    src = source_factory(environ=profile_env, clock=clock, sleep=sleeper)
+    await src.start()
+
+    def broken() -> None:
+        raise ValueError(f"TaskARN is bad (and {src.credentials()!r})")
+
+    src.on_change = broken
+    caplog.set_level(logging.DEBUG, logger="metamock")
+    await sleeper.step(LOOP)
+    await sleeper.release(LOOP, advance=4 * 3600)  # the re-date: new credentials, failed rebuild
+    await sleeper.wait_parked(LOOP)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    text = errors[0].getMessage()
+    assert text.startswith("rebuilding the metadata tree after new credentials failed: ValueError: TaskARN")
+    assert BASE_SECRET not in caplog.text
+    assert src.credentials().expiration - clock.time() == local.STATIC_LIFETIME  # the cache went on
+
+
+def process_profile(aws_home: dict[str, str], tmp_path: Path, *, fail_from: int = 0) -> float:
+    """[default] with a credential_process; returns the time its credentials are dated from.
+
+    Run n prints credentials that expire 30 * n minutes after that time (the first: in 30
+    minutes), so a test's ManualClock started there sees whole, known lifetimes. The
     credential_process is the chain's simplest refreshable provider (as SSO and assume-role
     profiles are), and a real process. From run `fail_from` on (if set) it exits 1.
     """
+    base = float(int(time.time()))
     script = tmp_path / "creds.py"
     script.write_text(
         "import json, pathlib, sys, time\n"
@@ -209,32 +309,39 @@ def process_profile(aws_home: dict[str, str], tmp_path: Path, *, fail_from: int 
         "n = int(p.read_text()) + 1 if p.exists() else 1\n"
         "p.write_text(str(n))\n"
         f"if {fail_from} and n >= {fail_from}: sys.exit('no luck')\n"
-        "exp = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(time.time() + 1800))\n"
+        f"exp = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime({base} + 1800 * n))\n"
         "print(json.dumps({'Version': 1, 'AccessKeyId': f'ASIAMETAMOCKPROC{n:04d}',\n"
         "  'SecretAccessKey': 'proc-secret', 'SessionToken': 'proc-token', 'Expiration': exp}))\n"
     )
     Path(aws_home["AWS_CONFIG_FILE"]).write_text(
         f"[default]\ncredential_process = {sys.executable} {script}\n"
     )
+    return base
 
 
 async def test_refreshable_chain_credentials_renew_ahead_of_expiry(
     aws_home: dict[str, str], tmp_path: Path, source_factory: Any
 ) -> None:
-    process_profile(aws_home, tmp_path)
-    clock = ManualClock(start=time.time())
-    src = source_factory(environ=aws_home, clock=clock)
+    clock = ManualClock(start=process_profile(aws_home, tmp_path))
+    sleeper = SteppedSleep(clock)
+    src = source_factory(environ=aws_home, clock=clock, sleep=sleeper)
     await src.start()
     first = src.credentials()
     assert first.access_key_id == "ASIAMETAMOCKPROC0001"
-    assert 1700 < first.expiration - clock.time() <= 1801
-    clock.advance(10 * 60)
-    assert src.credentials() is first  # not due yet: nothing runs
-    assert src._refreshing is None
-    clock.advance(6 * 60)  # 14 min left: inside the refresh-ahead window
-    assert src.credentials() is first  # served from cache while the renewal runs
-    second = await wait_for_new_key(src, first)
+    assert first.expiration - clock.time() == 1800
+    while first.expiration - clock.time() - await sleeper.wait_parked(LOOP) > 20 * 60:
+        await sleeper.step(LOOP)  # not due yet: nothing runs
+        assert src.credentials() is first
+        assert (tmp_path / "n").read_text() == "1"
+    await sleeper.release(LOOP)  # to 20 minutes before expiry: the renewal starts...
+    assert src.credentials() is first  # ...and reads are answered from the cache meanwhile
+    await sleeper.wait_parked(LOOP, timeout=20)
+    assert first.expiration - clock.time() == pytest.approx(20 * 60, abs=1)
+    second = src.credentials()
     assert second.access_key_id == "ASIAMETAMOCKPROC0002"
+    assert second.expiration - clock.time() == 3600 - 600
+    assert (tmp_path / "n").read_text() == "2"
+    assert await sleeper.wait_parked(LOOP) == 300  # the next renewal 30 min away: no hurry
 
 
 async def test_failed_chain_renewal_keeps_cached_and_backs_off(
@@ -243,35 +350,34 @@ async def test_failed_chain_renewal_keeps_cached_and_backs_off(
     caplog: pytest.LogCaptureFixture,
     source_factory: Any,
 ) -> None:
-    process_profile(aws_home, tmp_path, fail_from=2)
-    clock = ManualClock(start=time.time())
-    src = source_factory(environ=aws_home, clock=clock)
+    clock = ManualClock(start=process_profile(aws_home, tmp_path, fail_from=2))
+    sleeper = SteppedSleep(clock)
+    src = source_factory(environ=aws_home, clock=clock, sleep=sleeper)
     await src.start()
     first = src.credentials()
-    clock.advance(16 * 60)
-    src.credentials()
-    await asyncio.wait_for(src._refreshing, 10)
+    while (tmp_path / "n").read_text() == "1":
+        backoff = await step_slow(sleeper)
     assert src.credentials() is first
-    failures = [r for r in caplog.records if "renewal failed" in r.getMessage()]
+    failures = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(failures) == 1
-    assert "AWS credential chain: " in failures[0].getMessage()
-    src.credentials()
-    assert src._refreshing.done()  # backing off: no second attempt right away
-    clock.advance(15)
-    src.credentials()
-    await asyncio.wait_for(src._refreshing, 10)
+    text = failures[0].getMessage()
+    assert text.startswith("AWS credential chain: ")
+    assert "serving cached credentials (1200 s left)" in text
+    assert 7.5 <= backoff <= 15  # 15 s, jittered
+    assert (tmp_path / "n").read_text() == "2"  # backing off: no second attempt right away
+    assert await src.credentials_within(0.1) is first
+    assert (tmp_path / "n").read_text() == "2"
+    assert 15 <= await step_slow(sleeper) <= 30  # the second failure: doubled
     assert (tmp_path / "n").read_text() == "3"
-    clock.advance(15 * 60)
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1  # once per problem
+    clock.advance(first.expiration - clock.time())
     assert src.credentials() is None  # truly expired
 
 
-async def wait_for_new_key(src: LocalSource, old: Credentials) -> Credentials:
-    for _ in range(200):
-        creds = src.credentials()
-        if creds is not None and creds.access_key_id != old.access_key_id:
-            return creds
-        await asyncio.sleep(0.025)
-    raise AssertionError("credentials were not renewed")
+async def step_slow(sleeper: SteppedSleep) -> float:
+    """One loop iteration whose fetch runs botocore (or a process) on its thread: seconds."""
+    await sleeper.release(LOOP)
+    return await sleeper.wait_parked(LOOP, timeout=20)
 
 
 # ---- no metadata providers in the chain -----------------------------------------------------
@@ -351,15 +457,22 @@ async def test_fake_credentials_and_their_single_warning(
     aws_home: dict[str, str], caplog: pytest.LogCaptureFixture, source_factory: Any
 ) -> None:
     clock = ManualClock()
-    src = source_factory(environ=aws_home, clock=clock)
+    sleeper = SteppedSleep(clock)
+    src = source_factory(environ=aws_home, clock=clock, sleep=sleeper)
     caplog.set_level(logging.DEBUG)
     await src.start()
     creds = src.credentials()
     golden("fake-credentials.json", json.dumps(imds_view(src, creds), indent=2) + "\n")
-    for _ in range(30):  # rolls and renewals never warn again
-        clock.advance(3600)
-        assert src.credentials().expiration - clock.time() >= 3600
-    src._accept(None)
+    # Read once: credentials configured later are not picked up (the docs say: restart).
+    Path(aws_home["AWS_SHARED_CREDENTIALS_FILE"]).write_text(
+        f"[default]\naws_access_key_id = {BASE_KEY}\naws_secret_access_key = {BASE_SECRET}\n"
+    )
+    began = clock.time()
+    while clock.time() - began < 30 * 3600:  # re-dated again and again, never warned again
+        await sleeper.step(LOOP)
+        creds = src.credentials()
+        assert creds.access_key_id == local.FAKE_ACCESS_KEY_ID
+        assert creds.expiration - clock.time() >= 3600
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1
     text = warnings[0].getMessage()
@@ -405,18 +518,23 @@ async def test_assume_role_renews_once_ahead_of_expiry(
 ) -> None:
     caplog.set_level(logging.INFO, logger="metamock")
     clock = ManualClock(start=time.time())
-    src = source_factory(environ=profile_env, role_arn=ROLE_ARN, endpoint_url=moto_server, clock=clock)
+    sleeper = SteppedSleep(clock)
+    src = source_factory(
+        environ=profile_env, role_arn=ROLE_ARN, endpoint_url=moto_server, clock=clock, sleep=sleeper
+    )
     changes: list[None] = []
     src.on_change = lambda: changes.append(None)
     await src.start()
     first = src.credentials()
-    clock.advance(30 * 60)
-    assert src.credentials() is first
-    assert src._refreshing is None
-    clock.advance(15 * 60)  # 15 min left: renew now, in the background, once
+    while first.expiration - clock.time() - await sleeper.wait_parked(LOOP) > 20 * 60:
+        await sleeper.step(LOOP)
+        assert src.credentials() is first
+    await sleeper.release(LOOP)  # 20 min left: renew now, in the background, once
     answers = await asyncio.gather(*(src.credentials_within(0.5) for _ in range(50)))
     assert all(a is first for a in answers)  # cached ones answer at once
-    second = await wait_for_new_key(src, first)
+    await sleeper.wait_parked(LOOP, timeout=20)
+    second = src.credentials()
+    assert second is not first
     assert second.expiration > first.expiration
     fetches = [r for r in caplog.records if "credentials via assume-role" in r.getMessage()]
     assert len(fetches) == 2
@@ -436,15 +554,18 @@ async def test_assume_role_profile_from_the_chain_renews(
         f"[profile app]\nrole_arn = {ROLE_ARN}\nsource_profile = default\nregion = eu-west-1\n"
     )
     clock = ManualClock(start=time.time())
-    src = source_factory(environ=profile_env, profile="app", clock=clock)
+    sleeper = SteppedSleep(clock)
+    src = source_factory(environ=profile_env, profile="app", clock=clock, sleep=sleeper)
     await src.start()
     first = src.credentials()
     assert first.access_key_id.startswith("ASIA")
     assert first.role_arn == "arn:aws:iam::111122223333:role/metamock-local"
     assert 3500 < first.expiration - clock.time() <= 3605
-    clock.advance(45 * 60)
+    await sleeper.release(LOOP, advance=45 * 60)  # 15 min left: the loop renews at once
     assert src.credentials() is first
-    second = await wait_for_new_key(src, first)
+    await sleeper.wait_parked(LOOP, timeout=20)
+    second = src.credentials()
+    assert second is not first
     assert second.expiration > first.expiration
 
 
@@ -468,13 +589,14 @@ async def test_renewal_failure_keeps_cached_until_expiry(
 ) -> None:
     proc, url = private_moto
     clock = ManualClock(start=time.time())
-    src = source_factory(environ=profile_env, role_arn=ROLE_ARN, endpoint_url=url, clock=clock)
+    sleeper = SteppedSleep(clock)
+    src = source_factory(environ=profile_env, role_arn=ROLE_ARN, endpoint_url=url, clock=clock, sleep=sleeper)
     await src.start()
     first = src.credentials()
     stop_moto_server(proc)  # STS goes away
-    clock.advance(45 * 60)
+    await sleeper.release(LOOP, advance=45 * 60)
     assert src.credentials() is first
-    await asyncio.wait_for(src._refreshing, 30)
+    await sleeper.wait_parked(LOOP, timeout=30)  # the renewal failed
     assert src.credentials() is first  # still served: 15 minutes of life left
     clock.advance(16 * 60)
     assert src.credentials() is None  # truly expired now

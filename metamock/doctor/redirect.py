@@ -8,7 +8,6 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from metamock.doctor.blocking import in_daemon_thread
 from metamock.doctor.context import DoctorContext
 from metamock.doctor.place import Kind, Place, where
 from metamock.doctor.procfs import read_environ
@@ -16,6 +15,7 @@ from metamock.doctor.report import Check, failed, passed, skipped, warned
 from metamock.errors import MetamockError
 from metamock.netfilter.privilege import has_net_admin
 from metamock.settings import ENDPOINT_VAR, endpoint_advice
+from metamock.threads import in_daemon_thread
 
 NAMES = ("redirect", "route", "endpoint-env")
 IMDS_V4 = "169.254.169.254"

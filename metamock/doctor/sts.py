@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from metamock.doctor.blocking import in_daemon_thread
 from metamock.doctor.context import CheckFailed, DoctorContext
 from metamock.doctor.credentials import fetch_container_credentials
 from metamock.doctor.report import Check, failed, passed, skipped
@@ -13,6 +12,7 @@ from metamock.ecs.client import credentials_endpoint
 from metamock.errors import SettingsError
 from metamock.sources.base import Credentials
 from metamock.sources.local import FAKE_ACCESS_KEY_ID  # boto is imported only inside functions
+from metamock.threads import in_daemon_thread
 
 NAMES = ("sts",)
 

@@ -42,7 +42,8 @@ class MetadataSource(Protocol):
 
     `start()` fetches the task documents (raising UpstreamError when they cannot be had) and
     starts background refreshes; `on_change` is called (no arguments) after any refresh that
-    changed `facts()` or `credentials()`.
+    changed `facts()` or `credentials()`. Those two are pure reads: they never fetch, change
+    anything or call `on_change` (the listener, the service's rebuild, calls them).
     """
 
     on_change: Callable[[], None] | None

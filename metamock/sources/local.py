@@ -5,27 +5,30 @@ else the standard AWS chain (`profile`), else obviously fake static ones and one
 The chain runs WITHOUT its `container-role` and `iam-role` providers: on an EC2 host they would
 hand out the host's instance role, and behind metamock's own netfilter redirect they would ask
 metamock itself and loop. boto3/aiobotocore are imported only inside functions.
+
+Caching, renewal and backoff are the one `CredentialCache`'s (with `LOCAL_POLICY`); this module
+is the fetch it calls.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import json
 import logging
 import os
 import re
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
 from metamock.clock import Clock, SystemClock
-from metamock.errors import MetamockError, SettingsError, UpstreamError
+from metamock.ecs.credentials import CredentialCache, RefreshPolicy, Sleep, one_line
+from metamock.errors import SettingsError, UpstreamError
 from metamock.secrets import Secret, key_hint
 from metamock.sources.base import Credentials, TaskFacts
+from metamock.threads import in_daemon_thread
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +38,23 @@ FAKE_SECRET_ACCESS_KEY = "METAMOCK/FAKE/secret/not/valid/for/AWS/00"
 FAKE_TOKEN = "METAMOCK-FAKE-SESSION-TOKEN-not-valid-for-AWS-use-profile-or-role-arn"
 
 STATIC_LIFETIME = 6 * 3600.0  # synthetic expiration of static keys: IMDS always sends one
-STATIC_ROLL_BELOW = 2 * 3600.0  # re-date before less than this is left, so >= 1 h always
-REFRESH_AHEAD = 20 * 60.0  # renew temporary credentials this long before they expire
-MIN_REFRESH_INTERVAL = 60.0  # never renew more often, even if AWS hands out short ones
-RETRY_FIRST, RETRY_MAX = 15.0, 300.0  # back-off after a failed renewal
-TICK = 60.0  # the background check's longest sleep (seconds of real time)
 ASSUME_ROLE_SECONDS = 3600
 REMOVED_PROVIDERS = ("container-role", "iam-role")
+
+# The one credential cache, with this upstream's numbers:
+# - temporary credentials are renewed 20 min before they expire (AssumeRole gives 1 h; the
+#   cache's default 30 min would renew 30-min credential_process answers without a pause);
+# - static keys are re-dated every 4 h, so their synthetic expiry is always >= 2 h away;
+# - a failed renewal waits 15 s, doubling to 5 min (jittered): each attempt is a botocore
+#   resolution or an STS call, and there is no 429 to tell STS throttling apart.
+LOCAL_POLICY = RefreshPolicy(
+    refresh_before=20 * 60.0,
+    backoff_base=15.0,
+    throttled_base=15.0,
+    backoff_cap=300.0,
+    renew_every=STATIC_LIFETIME - 2 * 3600.0,
+)
+CACHE_NAME = "metamock-local-credentials"  # the cache's tasks: <name>-refresh, <name>-fetch
 
 _TASK_ARN = re.compile(r"^arn:(aws[a-z-]*):ecs:([a-z0-9-]+):(\d{12}):task/\S+$")
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/(?:[\w+=,.@-]+/)*([\w+=,.@-]{1,64})$")
@@ -102,20 +115,6 @@ class _Fetched:
         return f"_Fetched({key_hint(self.access_key_id)!r}, method={self.method!r})"
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or "no detail"
-    return f"{type(exc).__name__}: {text[:300]}"
-
-
-def _quiet_botocore() -> None:
-    # At DEBUG botocore logs response bodies (STS returns the secret key and token there) and
-    # signed request headers (the base session token): never let those reach a log line.
-    for name in ("botocore", "aiobotocore"):
-        logger = logging.getLogger(name)
-        if logger.getEffectiveLevel() < logging.INFO:
-            logger.setLevel(logging.INFO)
-
-
 class LocalSource:
     """`MetadataSource` for laptops and CI: see the module docstring."""
 
@@ -129,7 +128,10 @@ class LocalSource:
         clock: Clock | None = None,
         environ: Mapping[str, str] | None = None,
         endpoint_url: str | None = None,
+        sleep: Sleep | None = None,
+        policy: RefreshPolicy = LOCAL_POLICY,
     ) -> None:
+        """`sleep` is the renewal loop's sleep (tests inject one driven by a ManualClock)."""
         task = validate_task(copy.deepcopy(task_document) if task_document is not None else sample_task())
         self._clock = clock or SystemClock()
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
@@ -144,15 +146,18 @@ class LocalSource:
         partition, self._task_region, account = arn.groups()
         self._served_role_arn = role_arn or f"arn:{partition}:iam::{account}:role/{LOCAL_ROLE_NAME}"
         self._facts = TaskFacts(task=task, container=task["Containers"][0])
-        self._creds: Credentials | None = None
-        self._static = False  # static or fake: re-dated locally, never re-fetched
-        self._warned_fake = False
-        self._next_attempt = 0.0
-        self._backoff = RETRY_FIRST
-        self._refreshing: asyncio.Task[None] | None = None
-        self._ticker: asyncio.Task[None] | None = None
+        self._static: _Fetched | None = None  # static or fake keys: read once, then re-dated
+        self._resolved = False  # the chain answered once: never downgrade to fake ones later
         self._aws_session: Any = None
         self.on_change: Callable[[], None] | None = None
+        self._cache = CredentialCache(
+            self._fetch,
+            clock=self._clock,
+            sleep=sleep or asyncio.sleep,
+            policy=policy,
+            on_change=self._changed,
+            name=CACHE_NAME,
+        )
 
     def __repr__(self) -> str:
         return f"LocalSource(role={self._role_name!r}, profile={self._profile!r})"
@@ -164,102 +169,21 @@ class LocalSource:
     async def start(self) -> None:
         """Resolve the first credentials (errors raise) and start the background renewal."""
         self._facts = replace(self._facts, fetched_at=self._clock.time())
-        self._accept(await self._fetch())
-        self._ticker = asyncio.create_task(self._tick(), name="metamock-local-credentials")
+        await self._cache.load()
+        self._cache.start()
 
     def facts(self) -> TaskFacts:
         return self._facts
 
     def credentials(self) -> Credentials | None:
-        creds = self._creds
-        now = self._clock.time()
-        if creds is None:
-            if now >= self._next_attempt:
-                self._start_refresh()
-            return None
-        if self._static and creds.expiration - now < STATIC_ROLL_BELOW:
-            creds = self._creds = replace(creds, expiration=now + STATIC_LIFETIME, last_updated=now)
-            self._changed()
-        elif not self._static and now >= self._next_attempt:
-            self._start_refresh()
-        return creds if creds.expiration > now else None
+        """The cached credentials while valid: a pure read (renewal is the cache's loop)."""
+        return self._cache.current()
 
     async def credentials_within(self, timeout: float) -> Credentials | None:
-        creds = self.credentials()
-        if creds is not None or self._refreshing is None:
-            return creds
-        # shield: a client giving up must not cancel the one refresh every client shares.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._refreshing), timeout)
-        return self.credentials()
+        return await self._cache.within(timeout)
 
     async def close(self) -> None:
-        for task in (self._ticker, self._refreshing):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._ticker = self._refreshing = None
-
-    # ---- renewal -------------------------------------------------------------------------
-
-    async def _tick(self) -> None:
-        while True:
-            self.credentials()  # re-dates static keys, starts a due renewal
-            wait = self._next_attempt - self._clock.time() if not self._static else TICK
-            await asyncio.sleep(min(max(wait, 1.0), TICK))
-
-    def _start_refresh(self) -> None:
-        if self._refreshing is not None and not self._refreshing.done():
-            return
-        try:
-            self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
-        except RuntimeError:  # called outside the loop: the ticker will do it
-            return
-
-    async def _refresh(self) -> None:
-        try:
-            fetched = await self._fetch()
-            if fetched is None:  # never downgrade real credentials to fake ones mid-run
-                raise UpstreamError("the AWS credential chain found no credentials any more")
-        except Exception as exc:  # a background task: anything unexpected must not escape
-            now = self._clock.time()
-            self._next_attempt = now + self._backoff
-            self._backoff = min(self._backoff * 2, RETRY_MAX)
-            detail = exc if isinstance(exc, MetamockError) else _one_line(exc)
-            log.warning("credential renewal failed, keeping the cached ones: %s", detail)
-            return
-        self._accept(fetched)
-
-    def _accept(self, fetched: _Fetched | None) -> None:
-        now = self._clock.time()
-        if fetched is None:
-            fetched = _Fetched(
-                FAKE_ACCESS_KEY_ID, Secret(FAKE_SECRET_ACCESS_KEY), Secret(FAKE_TOKEN), None, "fake"
-            )
-            if not self._warned_fake:
-                self._warned_fake = True
-                log.warning(
-                    "no AWS credentials found: serving obviously FAKE credentials that AWS will "
-                    "reject; for real ones pass --profile NAME or --role-arn ARN, or run "
-                    "`aws configure`"
-                )
-        self._static = fetched.expiration is None
-        expiration = fetched.expiration or now + STATIC_LIFETIME
-        self._creds = Credentials(
-            access_key_id=fetched.access_key_id,
-            secret_access_key=fetched.secret,
-            token=fetched.token,
-            expiration=expiration,
-            last_updated=now,
-            role_arn=self._served_role_arn,
-        )
-        ahead = min(REFRESH_AHEAD, max(expiration - now, 0.0) / 2)
-        self._next_attempt = max(expiration - ahead, now + MIN_REFRESH_INTERVAL)
-        self._backoff = RETRY_FIRST
-        if fetched.method != "fake":
-            log.info("credentials via %s (key %s)", fetched.method, key_hint(fetched.access_key_id))
-        self._changed()
+        await self._cache.close()
 
     def _changed(self) -> None:
         if self.on_change is not None:
@@ -267,37 +191,47 @@ class LocalSource:
 
     # ---- fetching ------------------------------------------------------------------------
 
-    async def _fetch(self) -> _Fetched | None:
-        """One resolution, run on a worker thread with its own event loop.
+    async def _fetch(self) -> Credentials:
+        """The cache's fetch: static keys re-dated, else one resolution of the chain/AssumeRole."""
+        fetched = self._static
+        if fetched is None:
+            fetched = await self._resolve()
+        now = self._clock.time()
+        return Credentials(
+            access_key_id=fetched.access_key_id,
+            secret_access_key=fetched.secret,
+            token=fetched.token,
+            expiration=fetched.expiration or now + STATIC_LIFETIME,
+            last_updated=now,
+            role_arn=self._served_role_arn,
+        )
 
-        botocore does much synchronous work (parsing config and models, building endpoints,
-        signing): 0.2-0.5 s on a cold session. On the serving loop that would stall every IMDS
-        client. The thread is a daemon: a hung STS call never holds up shutdown.
-        """
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[_Fetched | None] = loop.create_future()
-
-        def settle(result: _Fetched | None, error: BaseException | None) -> None:
-            if done.done():  # the waiter gave up (close(), cancellation)
-                return
-            if error is not None:
-                done.set_exception(error)
-            else:
-                done.set_result(result)
-
-        def work() -> None:
-            try:
-                outcome: tuple[_Fetched | None, BaseException | None] = (
-                    asyncio.run(self._fetch_here()),
-                    None,
-                )
-            except BaseException as exc:  # handed to the serving loop, which decides
-                outcome = (None, exc)
-            with contextlib.suppress(RuntimeError):  # the serving loop is already closed
-                loop.call_soon_threadsafe(settle, *outcome)
-
-        threading.Thread(target=work, name="metamock-aws-credentials", daemon=True).start()
-        return await done
+    async def _resolve(self) -> _Fetched:
+        """Run the chain (and AssumeRole); fake keys when it finds nothing the first time."""
+        # botocore does much synchronous work (parsing config and models, building endpoints,
+        # signing): 0.2-0.5 s on a cold session, a stall for every IMDS client on the serving
+        # loop. So: a worker thread with its own loop; a daemon, so a hung STS call never
+        # holds up shutdown.
+        fetched = await in_daemon_thread(
+            lambda: asyncio.run(self._fetch_here()), name="metamock-aws-credentials"
+        )
+        if fetched is None:
+            if self._resolved:  # never downgrade real credentials to fake ones mid-run
+                raise UpstreamError("AWS credential chain: found no credentials any more")
+            fetched = _Fetched(
+                FAKE_ACCESS_KEY_ID, Secret(FAKE_SECRET_ACCESS_KEY), Secret(FAKE_TOKEN), None, "fake"
+            )
+            log.warning(
+                "no AWS credentials found: serving obviously FAKE credentials that AWS will "
+                "reject; for real ones pass --profile NAME or --role-arn ARN, or run "
+                "`aws configure`"
+            )
+        else:
+            log.info("credentials via %s (key %s)", fetched.method, key_hint(fetched.access_key_id))
+        self._resolved = True
+        if fetched.expiration is None:
+            self._static = fetched
+        return fetched
 
     async def _fetch_here(self) -> _Fetched | None:
         """The chain, then AssumeRole when a role is asked for; botocore errors translated."""
@@ -322,14 +256,13 @@ class LocalSource:
             setting = "--profile" if self._profile else "AWS_PROFILE"
             raise SettingsError(setting, f"profile {name!r} not found") from exc
         except (BotoCoreError, ClientError, OSError, RuntimeError, ValueError, KeyError) as exc:
-            raise UpstreamError(f"{step}: {_one_line(exc)}") from exc
+            raise UpstreamError(f"{step}: {one_line(exc)}") from exc
 
     def _session(self) -> Any:
         """An AioSession whose configuration comes from `environ`, not os.environ."""
         from aiobotocore.session import AioSession
         from botocore.configprovider import BOTOCORE_DEFAUT_SESSION_VARIABLES, ConfigChainFactory
 
-        _quiet_botocore()
         session = AioSession(profile=self._profile)
         chains = ConfigChainFactory(session=session, environ=self._environ)
         store = session.get_component("config_store")
