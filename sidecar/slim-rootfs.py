@@ -146,7 +146,7 @@ def copy(src: str, dest: Path) -> None:
     if target.is_symlink() or target.exists():
         return
     if stat.S_ISLNK(info.st_mode):
-        target.symlink_to(os.readlink(src))
+        target.symlink_to(Path(src).readlink())
     else:
         shutil.copy2(src, target)
     os.lchown(target, info.st_uid, info.st_gid)
@@ -157,7 +157,7 @@ def merged_usr(dest: Path) -> None:
     for top in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         src = Path("/") / top
         if src.is_symlink():
-            link = os.readlink(src)
+            link = src.readlink()
             (dest / top).symlink_to(link)
             (dest / top).parent.joinpath(link).mkdir(parents=True, exist_ok=True)
 
@@ -169,15 +169,18 @@ def alternatives(dest: Path) -> None:
     for entry in sorted(alt_dir.iterdir()) if alt_dir.is_dir() else []:
         if not entry.is_symlink():  # the README
             continue
-        chosen = os.readlink(entry)
+        chosen = str(entry.readlink())
         if not (dest / chosen.lstrip("/")).exists():
             continue
         copy(str(entry), dest)
     for directory in ("/usr/bin", "/usr/sbin"):
         for entry in sorted(Path(directory).iterdir()):
-            if entry.is_symlink() and os.readlink(entry).startswith("/etc/alternatives/"):
-                if (dest / "etc/alternatives" / entry.name).is_symlink():
-                    copy(str(entry), dest)
+            if (
+                entry.is_symlink()
+                and str(entry.readlink()).startswith("/etc/alternatives/")
+                and (dest / "etc/alternatives" / entry.name).is_symlink()
+            ):
+                copy(str(entry), dest)
 
 
 def no_setuid(dest: Path) -> None:
