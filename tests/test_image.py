@@ -397,8 +397,9 @@ def test_agent_runs_with_the_reexported_environment(fargate: Container) -> None:
 
 
 def test_local_source_and_sts_check_work_with_the_pruned_sdk(fargate: Container) -> None:
-    """`serve --source local` with an assume-role profile (botocore's credential chain + STS
-    AssumeRole) and doctor's STS check, in the image, against moto in the task's namespace."""
+    """`serve --source local --profile P --role-arn R` (botocore's credential chain, then
+    AssumeRole through aiobotocore) and doctor's STS check (botocore), in the image, against moto
+    in the task's namespace."""
     moto = fargate.ns.popen(
         [str(Path(sys.executable).parent / "moto_server"), "-p", str(MOTO_PORT), "-H", "127.0.0.1"],
         stdout=subprocess.DEVNULL,
@@ -408,9 +409,7 @@ def test_local_source_and_sts_check_work_with_the_pruned_sdk(fargate: Container)
     wait_until(fargate.ns, ["curl", "-sf", "-o", "/dev/null", f"http://127.0.0.1:{MOTO_PORT}/moto-api/data.json"], timeout=60)  # fmt: skip
     aws = fargate.out / "aws"
     aws.mkdir()
-    (aws / "config").write_text(
-        f"[profile app]\nrole_arn = {ROLE_ARN}\nsource_profile = base\nregion = eu-west-1\n"
-    )
+    (aws / "config").write_text("[profile base]\nregion = eu-west-1\n")
     (aws / "credentials").write_text(
         "[base]\naws_access_key_id = AKIAIMAGETESTBASE000\naws_secret_access_key = image/test/secret\n"
     )
@@ -422,7 +421,7 @@ def test_local_source_and_sts_check_work_with_the_pruned_sdk(fargate: Container)
         "AWS_ENDPOINT_URL_STS": f"http://127.0.0.1:{MOTO_PORT}",
     }
     server = fargate.exec_popen(
-        "metamock", "serve", "--source", "local", "--profile", "app", "--port", str(LOCAL_PORT), "--stop-notice", "0",
+        "metamock", "serve", "--source", "local", "--profile", "base", "--role-arn", ROLE_ARN, "--port", str(LOCAL_PORT), "--stop-notice", "0",
         env=env,
     )  # fmt: skip
     try:
