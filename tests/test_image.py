@@ -446,6 +446,8 @@ def test_local_source_and_sts_check_work_with_the_pruned_sdk(fargate: Container)
     finally:
         server.terminate()
         server.wait(timeout=20)
+        if server.stderr is not None:
+            server.stderr.close()
         moto.kill()
 
 
