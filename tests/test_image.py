@@ -153,8 +153,10 @@ def _clean_clone(dest: Path) -> Path:
 def _say(request: pytest.FixtureRequest, line: str) -> None:
     """Shown in the test run's output even when it passes (the size is a reported figure)."""
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(line)
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(line)
     print(line)
 
 
