@@ -345,6 +345,9 @@ def test_image_contents(built: Built) -> None:
     assert models == {"sts", "ssm", "sso", "sso-oidc", "signin"}
     for name in ("endpoints.json", "partitions.json", "sdk-default-configuration.json", "_retry.json"):
         assert (site / "botocore/data" / name).is_file(), name
+    home = rootfs / "var/lib/metamock"
+    assert (home.stat().st_uid, home.stat().st_gid) == (IMAGE_UID, IMAGE_UID)
+    assert (rootfs / "tmp").stat().st_mode & 0o7777 == 0o1777
     setuid = [
         str(p) for p in rootfs.rglob("*") if p.is_file() and not p.is_symlink() and p.stat().st_mode & 0o6000
     ]
