@@ -5,12 +5,14 @@ stack. cfn-lint (the field's own validator, run through its CLI as a user would)
 against CloudFormation's resource schemas, which it ships: it needs no network, and a test runs it in
 a namespace with only `lo` to keep it so. The cross-check compares the template's container
 definitions with the JSON's (the image and the log group aside, which are parameters and resources
-there), so the two cannot drift. The IAM checks hold the roles to the minimum.
+there), so the two cannot drift. The IAM checks hold the roles to what docs/deploy.md says they need,
+and the doc's policies and `metamock sidecar` lines are checked too.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -25,6 +27,7 @@ from tests.netns import NetNS
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "taskdef-examples" / "cloudformation" / "fargate-sidecar.yaml"
 EXAMPLE = REPO / "taskdef-examples" / "fargate-basic.json"
+DEPLOY_DOC = REPO / "docs" / "deploy.md"
 # cfn-lint's exit code is a bit mask: 2 error, 4 warning, 8 informational; 1 is a crash or usage error.
 CFN_LINT_FAILED = 1 | 2
 
@@ -269,3 +272,37 @@ def test_service_parameters() -> None:
     td = template["Resources"]["TaskDefinition"]["Properties"]
     for container in td["ContainerDefinitions"]:
         assert "awslogs-create-group" not in container["LogConfiguration"]["Options"]
+
+
+# ---- docs/deploy.md ---------------------------------------------------------------------------
+
+
+def test_deploy_doc_policies_are_valid_json() -> None:
+    """Every ```json block in docs/deploy.md parses, and each IAM policy has the usual shape."""
+    blocks = re.findall(r"```json\n(.*?)```", DEPLOY_DOC.read_text(), flags=re.DOTALL)
+    assert len(blocks) >= 5
+    for block in blocks:
+        doc = json.loads(block)
+        if "Statement" in doc:
+            assert doc["Version"] == "2012-10-17"
+            for statement in doc["Statement"]:
+                assert statement["Effect"] in {"Allow", "Deny"}
+                assert statement["Action"]
+                assert "Resource" in statement or "Principal" in statement
+
+
+def test_deploy_doc_names_real_sidecar_flags() -> None:
+    """The `metamock sidecar ...` lines in docs/deploy.md use flags the CLI has (through --help)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "metamock", "sidecar", "--help"],
+        capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    known = set(re.findall(r"--[a-z][a-z-]+", proc.stdout))
+    used: set[str] = set()
+    # Shell continuation lines joined, so the options on the next lines count too.
+    for line in DEPLOY_DOC.read_text().replace("\\\n", " ").splitlines():
+        if "metamock sidecar" in line:
+            used |= set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", line.split("metamock sidecar", 1)[1]))
+    assert used, "docs/deploy.md shows no metamock sidecar command"
+    assert used <= known, f"not flags of metamock sidecar: {sorted(used - known)}"
