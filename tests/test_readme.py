@@ -82,6 +82,10 @@ def test_main_job_command_as_written(tmp_path: Path) -> None:
         assert done.returncode == 0, (
             f"{shlex.join(argv)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
         )
+    # A plain (non-editable) install carries the netfilter rule files, which the source tree keeps
+    # in iptables/ behind a symlink: a wheel without them would fail at `--netfilter`.
+    rules = list((clone / ".venv").glob("lib/python3*/site-packages/metamock/netfilter/rules/*.nft"))
+    assert rules, "the installed package has no netfilter rule files"
     ns = make_netns()
     try:
         proc = ns.popen(serve, cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
