@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import errno
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -126,48 +127,58 @@ class Service:
         return service
 
     async def _start(self) -> None:
-        self.source.on_change = self.rebuild
-        await self.source.start()
-        self.scenarios.load_config(self.config.scenarios, self.clock.time())
-        self.rebuild()
-        handler = ImdsHandler(
-            self,
-            self.tokens,
-            tokens_required=self.settings.tokens == "required",
-            hop_limit=self.settings.hop_limit,
-            extra_hosts=frozenset(_bracket(h) for h in self.settings.hosts),
-        )
-        self._runner = web.ServerRunner(make_server(handler), handle_signals=False)
-        await self._runner.setup()
+        """Start everything; on any failure (a signal's cancel included) undo what was set up."""
+        # RSA key generation takes 50-300 ms: done here in a thread, overlapping the source's
+        # first fetch, rather than on the loop at the first signature request.
+        keygen = asyncio.ensure_future(asyncio.to_thread(self.identity_signer.prepare))
         try:
+            self.source.on_change = self.rebuild
+            await self.source.start()
+            self.scenarios.load_config(self.config.scenarios, self.clock.time())
+            self.rebuild()
+            handler = ImdsHandler(
+                self,
+                self.tokens,
+                tokens_required=self.settings.tokens == "required",
+                hop_limit=self.settings.hop_limit,
+                extra_hosts=frozenset(_bracket(h) for h in self.settings.hosts),
+            )
+            runner = web.ServerRunner(make_server(handler), handle_signals=False)
+            await runner.setup()
+            self._runner = runner
+            await keygen  # before anything listens: no request waits for the key
             # The redirect goes in before anything listens (when the port is known), so clients
             # are never told "ready" before 169.254.169.254 reaches us; until we listen they get
             # "connection refused" from lo, never the real IMDS.
             if self.settings.netfilter and self.port != 0:
-                await self._apply_netfilter()
+                await self.apply_redirect()
             await self._listen()
             if self.settings.netfilter and self.netfilter_backend is None:
-                await self._apply_netfilter()
+                await self.apply_redirect()
+            await self._start_control()
         except BaseException:
-            self._cancel_timer()
-            await self._remove_netfilter()
-            await self._runner.cleanup()
-            await self.source.close()
+            if not keygen.cancel() and not keygen.cancelled():
+                keygen.exception()  # retrieved: the error being raised is the one that counts
+            await self.stop(stop_notice=False)
             raise
-        await self._start_control()
         if self.settings.watch_config and self.settings.config_path is not None:
             # No baseline: the first check reloads, so an edit made between reading the file at
             # start-up and the first look is not taken for the starting state (unchanged = no-op).
             self._watcher = asyncio.ensure_future(self._watch_config(self.settings.config_path, None))
 
-    async def _apply_netfilter(self) -> None:
+    async def apply_redirect(self) -> str:
+        """Redirect 169.254.169.254 here (idempotent); the backend used. Removed by `stop()`.
+
+        nft/iptables and pyroute2 block, so this runs in a thread: the loop keeps serving.
+        """
         from metamock import netfilter
 
-        # nft/iptables and pyroute2 block; keep the loop free for requests already being served.
         self.netfilter_backend = await asyncio.to_thread(netfilter.apply, self.port)
         log.info("netfilter redirect applied (%s backend)", self.netfilter_backend)
+        return self.netfilter_backend
 
-    async def _remove_netfilter(self) -> None:
+    async def remove_redirect(self) -> None:
+        """Remove the redirect this service applied (nothing when it applied none), off the loop."""
         if self.netfilter_backend is None:
             return
         from metamock import netfilter
@@ -203,17 +214,20 @@ class Service:
             try:
                 await site.start()
             except OSError as exc:
-                if explicit or host != "::1":
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                    # The port is what is wrong (held by another process, or privileged), not
+                    # the address: say so, naming the setting that chose it.
+                    why = "address already in use" if exc.errno == errno.EADDRINUSE else "permission denied"
+                    if explicit or host != "::1" or exc.errno == errno.EACCES:
+                        raise SettingsError("--port", f"{why} on {host}", value=str(self.port)) from exc
+                elif explicit or host != "::1":
                     raise SettingsError(
                         "--host", f"cannot listen on {host}:{self.port}: {exc.strerror}"
                     ) from exc
                 log.warning("not listening on [::1]:%d (%s); IPv4 only", self.port, exc.strerror)
                 continue
             bound += 1
-            if self.port == 0:
-                server = site._server
-                assert server is not None
-                self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+            self.port = site.port  # the bound port: with --port 0, the one the kernel chose
         if not bound:
             raise SettingsError("--host", "no address could be listened on")
 
@@ -358,7 +372,7 @@ class Service:
                 self._runner = None
         finally:
             try:
-                await self._remove_netfilter()
+                await self.remove_redirect()
             finally:
                 await self.source.close()
 
