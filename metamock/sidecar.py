@@ -187,6 +187,7 @@ class SidecarHooks(Hooks):
 
     async def prepare(self, service: Service) -> None:
         await self._redirect(service)
+        await service.identity_key()  # agents read the signed identity as they start
         endpoint = endpoint_url(self.settings.hosts, service.port)
         self.written = write_exports(self.options, self.exported, endpoint)
         self._specs = [

@@ -7,6 +7,8 @@ import asyncio
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -141,22 +143,58 @@ async def test_port_0_reads_the_bound_port(tmp_path: Path) -> None:
         await service.stop(stop_notice=False)
 
 
-async def test_the_identity_key_is_made_at_start_not_at_a_request(
+async def test_the_identity_key_is_made_beside_the_start_not_at_a_request(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    made = signing._make_material
+    threads: list[str] = []
+
+    def slow(key_file: Path | None) -> Any:
+        threads.append(threading.current_thread().name)
+        time.sleep(0.5)  # a slow machine's key generation: the start must not wait for it
+        return made(key_file)
+
+    monkeypatch.setattr(signing, "_make_material", slow)
+    began = time.monotonic()
     service, exc = await start(Recording(), tmp_path)
     try:
         assert exc is None
-        assert service.identity_signer.prepared  # made in a thread during start
+        assert time.monotonic() - began < 0.4  # listening before the key exists
+        assert listening(service.port)
+        await service.identity_key()
+        assert service.identity_signer.prepared
+        assert threads and threads[0] != threading.main_thread().name  # made off the loop
 
         def forbidden(key_file: Path | None) -> Any:
-            raise AssertionError("key generated after start (on the event loop)")
+            raise AssertionError("key generated again (on the event loop)")
 
         monkeypatch.setattr(signing, "_make_material", forbidden)
         service.rebuild()
         node = service.tree.get("dynamic/instance-identity/rsa2048")
         assert node is not None
         assert node.body.startswith(b"MI")  # base64 DER of a PKCS#7 SignedData
+    finally:
+        await service.stop(stop_notice=False)
+
+
+async def test_a_signature_asked_for_meanwhile_waits_for_the_same_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = signing._make_material
+    calls: list[int] = []
+
+    def slow(key_file: Path | None) -> Any:
+        calls.append(1)
+        time.sleep(0.3)
+        return made(key_file)
+
+    monkeypatch.setattr(signing, "_make_material", slow)
+    service, exc = await start(Recording(), tmp_path)
+    try:
+        assert exc is None
+        node = service.tree.get("dynamic/instance-identity/signature")
+        assert node is not None and node.body  # waited for the thread's key, made no second one
+        assert calls == [1]
     finally:
         await service.stop(stop_notice=False)
 

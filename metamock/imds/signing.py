@@ -3,8 +3,8 @@
 Signed with a key generated per process (or loaded from a PEM file). Clients that only parse the
 document are happy; nothing signed here verifies against AWS's public certificates, by design.
 RSA key generation takes 50-300 ms of CPU: the service calls `prepare()` in a thread at start-up,
-so no request on the event loop ever pays for it (a signature before `prepare()` still works: the
-key is then made on first use).
+so requests on the event loop do not pay for it (a signature asked for while `prepare()` runs
+waits for it to finish; one asked for without `prepare()` makes the key then).
 """
 
 from __future__ import annotations
