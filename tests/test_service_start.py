@@ -107,6 +107,35 @@ async def test_a_failing_redirect_after_listening_is_undone(
     assert_undone(service, source, tmp_path)
 
 
+async def test_a_failure_after_the_redirect_went_in_removes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+
+    async def apply(self: Service) -> str:
+        events.append(f"apply {self.port}")
+        self.netfilter_backend = "nft"
+        return "nft"
+
+    def remove(**kw: Any) -> bool:
+        events.append("remove")
+        return True
+
+    import metamock.netfilter
+
+    monkeypatch.setattr(Service, "apply_redirect", apply)
+    monkeypatch.setattr(metamock.netfilter, "remove", remove)
+    with socket.socket() as holder:  # the port is known, so the redirect goes in before listening
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        source = Recording()
+        service, exc = await start(source, tmp_path, port=port, netfilter=True)
+    assert isinstance(exc, SettingsError) and exc.setting == "--port"
+    assert events == [f"apply {port}", "remove"]
+    assert_undone(service, source, tmp_path)
+
+
 async def test_a_start_cancelled_by_a_signal_is_undone(tmp_path: Path) -> None:
     source = Recording(hang=True)
     service = Service(settings(), source=source, control_socket=tmp_path / "control.sock")
