@@ -9,10 +9,11 @@ and the CloudWatch agent's (its Dockerfiles set `RUN_IN_CONTAINER="True"` and en
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shlex
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,8 @@ class Program:
     env: Mapping[str, str] = field(default_factory=dict)
     unit: str | None = None  # systemd unit whose drop-in gets the exported variables
     stale_paths: tuple[Path, ...] = ()  # removed before every start
+    option: str = "--run"  # how it was asked for, as an error names it
+    missing_hint: str = ""  # what a missing program means, for the error
 
     def before_start(self) -> None:
         for path in self.stale_paths:
@@ -51,12 +54,16 @@ PRESETS: dict[str, Program] = {
         # A socket left by an earlier agent in this filesystem makes the new one fail with
         # "address already in use" on ipc:///var/lib/amazon/ssm/ipc/health.
         stale_paths=(Path("/var/lib/amazon/ssm/ipc"),),
+        option="--agent",
+        missing_hint="the SSM agent is not installed in this image",
     ),
     "cloudwatch": Program(
         name="cloudwatch",
         argv=("/opt/aws/amazon-cloudwatch-agent/bin/start-amazon-cloudwatch-agent",),
         env={"RUN_IN_CONTAINER": "True"},  # exactly this spelling; the agent compares strings
         unit="amazon-cloudwatch-agent",
+        option="--agent",
+        missing_hint="the CloudWatch agent is not installed in this image",
     ),
 }
 
@@ -69,7 +76,7 @@ def preset(name: str) -> Program:
 
 
 def parse_run(value: str) -> Program:
-    """`NAME=COMMAND`: COMMAND split with shell-like quoting, never run through a shell."""
+    """`NAME=COMMAND`: COMMAND split by `shlex.split` (see RUN_SYNTAX), never run through a shell."""
     name, sep, command = value.partition("=")
     if not sep or not _NAME.match(name):
         raise SettingsError("--run", f"expected NAME=COMMAND with NAME like [A-Za-z0-9_.-]+, got {value!r}")
@@ -80,6 +87,35 @@ def parse_run(value: str) -> Program:
     if not argv:
         raise SettingsError("--run", f"{name}: empty command")
     return Program(name=name, argv=argv)
+
+
+# What `--run` does with COMMAND, exactly (shlex.split in POSIX mode, comments off); for the help.
+RUN_SYNTAX = (
+    "COMMAND is split into words by Python's shlex.split (POSIX rules) and run directly, never "
+    "through a shell: words split at spaces, tabs and newlines; '...' is literal; in \"...\" a "
+    'backslash escapes only " and \\ ("\\$" stays \\$, unlike a shell); outside quotes a '
+    "backslash makes the next character literal; no $VAR, ~, glob, $(...) or `...` expansion, and "
+    "; | & > # are ordinary characters"
+)
+
+
+def check_installed(programs: Sequence[Program], environ: Mapping[str, str]) -> None:
+    """SettingsError naming the first program whose executable is missing (checked at start).
+
+    Found on the PATH each program will get, as the supervisor looks it up: a missing agent is a
+    broken image or a typo, which restarting (exit 127, with backoff) would never fix.
+    """
+    for program in programs:
+        command = program.argv[0]
+        search = program.env.get("PATH", environ.get("PATH", os.defpath))
+        if shutil.which(command, path=search) is not None:
+            continue
+        if "/" in command:
+            why = "is not executable" if Path(command).exists() else "does not exist"
+        else:
+            why = f"is not found on PATH ({search})"
+        hint = f" ({program.missing_hint})" if program.missing_hint else ""
+        raise SettingsError(program.option, f"{command} {why}{hint}", value=program.name)
 
 
 def check_unique(programs: tuple[Program, ...]) -> None:

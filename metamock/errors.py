@@ -14,13 +14,22 @@ class SettingsError(MetamockError):
 
     exit_code = 2
 
-    def __init__(self, setting: str, message: str) -> None:
-        super().__init__(f"{setting}: {message}")
+    def __init__(self, setting: str, message: str, *, value: str | None = None) -> None:
+        # `value`: the offending value, named with the setting (`--port 1338: address already in use`).
+        super().__init__(f"{setting} {value}: {message}" if value is not None else f"{setting}: {message}")
         self.setting = setting
 
 
 class UpstreamError(MetamockError):
     """The ECS agent, the credentials endpoint or AWS answered badly or not at all."""
+
+
+class TaskDocumentError(UpstreamError):
+    """The ECS agent's task or container document lacks, or mistypes, what translation reads.
+
+    Exit code 1 like every upstream fault: no flag of ours fixes it, and retrying does not either
+    (the agent answers the same document), so start-up fails at once instead of after ~10 s.
+    """
 
 
 class NetfilterError(MetamockError):

@@ -1,4 +1,21 @@
-"""Running the service as a process: signals in, a graceful stop and an exit code out."""
+"""Running the service as a process: signals in, a graceful stop and an exit code out.
+
+One life cycle for `metamock serve` and `metamock sidecar`; the sidecar adds its agents through
+`Hooks`. In order:
+
+1. The signal handlers go in before anything slow: as PID 1 a signal without a handler is
+   dropped, and elsewhere SIGHUP's default would kill the process mid-start.
+2. The service starts unless a SIGTERM/SIGINT comes first; then the start is cancelled (the
+   service undoes what it had set up, the redirect included) and the exit code is 0.
+3. `hooks.prepare(service)`, then (unless stopped meanwhile) `hooks.run(service)` beside the
+   server. SIGHUP reloads the config (and goes to `hooks.on_signal`, as do `hooks.forwarded`).
+4. The first SIGTERM: `hooks.stop(SIGTERM)`, and the stop notice is published for
+   `--stop-notice` seconds while `hooks.run` winds down; the listener closes after both (a
+   second SIGTERM/SIGINT cuts the notice short). SIGINT (Ctrl-C): `hooks.stop(SIGINT)`, no
+   notice (it is for ECS's SIGTERM). When `hooks.run` returns by itself (a supervised program
+   failed for good), its code ends the process without a notice: the task is not being stopped.
+5. `hooks.close()`, then the service stops (listener, redirect, source) whatever happened.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +24,8 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from metamock.errors import MetamockError
 from metamock.service import Service
@@ -15,66 +33,167 @@ from metamock.settings import Settings
 
 log = logging.getLogger(__name__)
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-async def serve_until_signal(settings: Settings, on_ready: Callable[[Service], None] | None = None) -> int:
-    """Run until SIGTERM/SIGINT (exit 0 after a graceful stop); SIGHUP reloads the config.
 
-    SIGTERM (how ECS stops a task) publishes the stop notice for `--stop-notice` seconds first;
-    SIGINT (Ctrl-C on a laptop) stops at once. A signal during start-up cancels the start, which
-    undoes whatever it had set up (the redirect included).
-    """
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    received: list[int] = []
+class Hooks:
+    """What a command runs beside the server. This base runs nothing (`metamock serve`)."""
 
-    def on_signal(sig: int) -> None:
-        received.append(sig)
-        stop.set()
+    forwarded: tuple[int, ...] = ()  # signals passed to on_signal besides SIGHUP
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
+    def __init__(self) -> None:
+        self._stopped = asyncio.Event()
+
+    async def prepare(self, service: Service) -> None:
+        """After the service started, before `run`: set up what `run` needs."""
+
+    async def run(self, service: Service) -> int:
+        """Work beside the server; return the exit code, soon after `stop()` when it is called."""
+        await self._stopped.wait()
+        return 0
+
+    def stop(self, signum: int) -> None:
+        """The first SIGTERM/SIGINT (called from the signal handler): make `run` return."""
+        self._stopped.set()
+
+    def on_signal(self, signum: int) -> None:
+        """SIGHUP (after the config reload) or one of `forwarded`."""
+
+    async def close(self) -> None:
+        """Undo `prepare`; runs before the service stops, even after a failure."""
+
+
+async def run_service(
+    settings: Settings,
+    hooks: Hooks | None = None,
+    *,
+    on_ready: Callable[[Service], None] | None = None,
+    start: Callable[[Settings], Awaitable[Service]] = Service.start,
+) -> int:
+    """Run the service (and `hooks`) until a stop signal or `hooks.run` ends; the exit code."""
+    hooks = hooks or Hooks()
+    life = _Signals(hooks)
+    life.install()
     try:
-        starting = asyncio.ensure_future(Service.start(settings))
-        stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if not starting.done():
-            starting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await starting
+        service = await life.unless_stopped(start(settings))
+        if service is None:
             log.info("stopped during start-up")
             return 0
-        stopping.cancel()
+        life.service = service
         try:
-            service = starting.result()
-        except OSError as exc:
-            raise MetamockError(f"cannot start: {exc}") from exc
-    except BaseException:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
-        raise
-    loop.add_signal_handler(signal.SIGHUP, service.reload_config)
-    # Everything made at start-up lives until exit: keep it out of the cyclic GC's scans, which
-    # otherwise walk aiohttp's and the tree's objects on every full collection under load.
-    gc.freeze()
-    if on_ready is not None:
-        on_ready(service)
-    try:
-        await stop.wait()
-        log.info("stopping")
+            await hooks.prepare(service)
+            if life.first is not None:  # stopped while preparing: run nothing
+                return 0
+            # Everything made at start-up lives until exit: keep it out of the cyclic GC's scans,
+            # which otherwise walk aiohttp's and the tree's objects on every full collection.
+            gc.freeze()
+            if on_ready is not None:
+                on_ready(service)
+            return await _serve(service, hooks, life)
+        finally:
+            try:
+                await hooks.close()
+            finally:
+                await service.stop(stop_notice=False)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
-        if received[:1] == [signal.SIGTERM]:
-            # A second SIGTERM/SIGINT during the notice skips the rest of it.
-            notice = asyncio.ensure_future(service.publish_stop_notice())
-            second = asyncio.Event()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, second.set)
-            waiter = asyncio.ensure_future(second.wait())
-            await asyncio.wait({notice, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        life.uninstall()
+
+
+async def serve_until_signal(settings: Settings, on_ready: Callable[[Service], None] | None = None) -> int:
+    """`metamock serve`: the life cycle with nothing beside the server."""
+    return await run_service(settings, on_ready=on_ready)
+
+
+async def _serve(service: Service, hooks: Hooks, life: _Signals) -> int:
+    running = asyncio.ensure_future(hooks.run(service))
+    stopping = asyncio.ensure_future(life.stopped.wait())
+    try:
+        first: list[asyncio.Future[Any]] = [running, stopping]
+        await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if life.first is None:
+        return running.result()  # ended by itself: its code, no notice
+    notice: asyncio.Future[None] | None = None
+    if life.first == signal.SIGTERM:
+        notice = asyncio.ensure_future(service.publish_stop_notice())
+    try:
+        code = await running  # while the notice is served
+        if notice is not None:
+            cut = asyncio.ensure_future(life.again.wait())
+            last: list[asyncio.Future[Any]] = [notice, cut]
+            await asyncio.wait(last, return_when=asyncio.FIRST_COMPLETED)
+            cut.cancel()
+    finally:
+        if notice is not None:
             notice.cancel()
-            waiter.cancel()
-        await service.stop(stop_notice=False)
-    return 0
+    return code
+
+
+class _Signals:
+    """The process's signal handlers and what they have seen."""
+
+    def __init__(self, hooks: Hooks) -> None:
+        self.hooks = hooks
+        self.loop = asyncio.get_running_loop()
+        self.stopped = asyncio.Event()  # the first SIGTERM/SIGINT
+        self.again = asyncio.Event()  # a second one
+        self.first: int | None = None
+        self.service: Service | None = None
+        self._installed: list[int] = []
+
+    def install(self) -> None:
+        for stop in STOP_SIGNALS:
+            self._add(stop, self._on_stop)
+        for other in (signal.SIGHUP, *self.hooks.forwarded):
+            self._add(other, self._on_other)
+        log.debug("signal handlers installed; starting the server")
+
+    def uninstall(self) -> None:
+        for sig in self._installed:
+            with contextlib.suppress(Exception):
+                self.loop.remove_signal_handler(sig)
+        self._installed.clear()
+
+    async def unless_stopped(self, starting: Awaitable[Service]) -> Service | None:
+        """The started service; None when a stop signal came first (the start is cancelled)."""
+        start = asyncio.ensure_future(starting)
+        stop = asyncio.ensure_future(self.stopped.wait())
+        waiters: set[asyncio.Future[Any]] = {start, stop}
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if start.done() and self.first is None:
+            try:
+                return start.result()
+            except OSError as exc:
+                raise MetamockError(f"cannot start: {exc}") from exc
+        # Stopped first: the cancelled start undoes what it had set up. What it raised meanwhile
+        # (an upstream still failing, say) is moot: the stop was asked for, so the exit is 0.
+        start.cancel()
+        try:
+            service = await start
+        except (asyncio.CancelledError, MetamockError, OSError) as exc:
+            log.debug("start-up abandoned: %s", exc or type(exc).__name__)
+            return None
+        await service.stop(stop_notice=False)  # it had finished as the signal came
+        return None
+
+    def _add(self, sig: int, handler: Callable[[int], None]) -> None:
+        self.loop.add_signal_handler(sig, handler, sig)
+        self._installed.append(sig)
+
+    def _on_stop(self, signum: int) -> None:
+        if self.first is not None:
+            self.again.set()
+            return
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        self.first = signum
+        self.stopped.set()
+        self.hooks.stop(signum)
+
+    def _on_other(self, signum: int) -> None:
+        if signum == signal.SIGHUP and self.service is not None:
+            self.service.reload_config()
+        self.hooks.on_signal(signum)

@@ -9,18 +9,18 @@ max(grace, stop notice) rather than their sum, which keeps it inside ECS's stopT
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from metamock import envexport
 from metamock.agents import Program
 from metamock.errors import MetamockError
+from metamock.lifecycle import Hooks, run_service
 from metamock.service import Service
 from metamock.settings import Settings
 from metamock.supervisor import Backoff, ChildSpec, Restart, Supervisor
@@ -81,7 +81,49 @@ def child_environment(
     return env
 
 
-def write_exports(options: SidecarOptions, exported: Mapping[str, bytes], endpoint: str) -> list[Path]:
+@dataclass
+class Exports:
+    """What `write_exports` wrote, so that exactly that is removed when the sidecar exits."""
+
+    files: list[tuple[Path, bytes]] = field(default_factory=list)
+    dirs: list[Path] = field(default_factory=list)  # directories it created, parents first
+
+    @property
+    def paths(self) -> list[Path]:
+        return [path for path, _ in self.files]
+
+    def remove(self) -> None:
+        """Remove the files still holding what was written, then the directories left empty.
+
+        A file changed since (by an image's own tooling, say) is not ours any more: it stays.
+        Left behind, ours would point shells and units at a port nothing listens on.
+        """
+        for path, data in self.files:
+            try:
+                if path.read_bytes() == data:
+                    path.unlink()
+            except OSError as exc:
+                log.debug("left %s in place: %s", path, exc.strerror or exc)
+        for directory in reversed(self.dirs):
+            with contextlib.suppress(OSError):  # not empty (someone else's files) or gone
+                directory.rmdir()
+        self.files, self.dirs = [], []
+
+
+def may_write_in(directory: Path) -> bool:
+    """Whether this process may create files in `directory` (or create it, when missing).
+
+    Decides whether a default export target is tried at all: the image runs as an unprivileged
+    user, who cannot write /etc, and trying would only warn on every start. An explicit
+    `--profile-script`/`--systemd-dir` is always tried (and warns on failure).
+    """
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return existing.is_dir() and os.access(existing, os.W_OK)
+
+
+def write_exports(options: SidecarOptions, exported: Mapping[str, bytes], endpoint: str) -> Exports:
     """The profile.d script and a systemd drop-in per agent unit; a failure is a warning."""
     variables = {**exported, ENDPOINT_VAR: endpoint.encode()}
     targets: list[tuple[Path, bytes]] = []
@@ -96,8 +138,9 @@ def write_exports(options: SidecarOptions, exported: Mapping[str, bytes], endpoi
             for name in skipped:
                 log.warning("%s left out of the %s drop-in: not valid UTF-8", name, program.unit)
             targets.append((options.systemd_dir / f"{program.unit}.service.d" / DROP_IN, data))
-    written = []
+    written = Exports()
     for path, data in targets:
+        missing = [p for p in reversed(path.parents) if not p.exists()]
         try:
             envexport.write_atomic(path, data)
         except OSError as exc:
@@ -106,32 +149,106 @@ def write_exports(options: SidecarOptions, exported: Mapping[str, bytes], endpoi
                 path,
                 exc.strerror or exc,
             )
-            continue
-        written.append(path)
+        else:
+            written.files.append((path, data))
+        written.dirs += [p for p in missing if p.is_dir() and p not in written.dirs]
     return written
 
 
-def _apply_netfilter(service: Service, options: SidecarOptions, has_net_admin: bool) -> None:
-    if service.netfilter_backend is not None:
-        return  # --netfilter / METAMOCK_NETFILTER asked and the service applied it
-    advice = f"{ENDPOINT_VAR}=http://127.0.0.1:{service.port}/"
-    if options.netfilter is False or not has_net_admin:
-        why = "netfilter is off" if options.netfilter is False else "no CAP_NET_ADMIN"
-        log.info(
-            "%s: 169.254.169.254 is not redirected; the agents here get %s, set the same in "
-            "every other container of the task",
-            why,
-            advice,
-        )
-        return
-    from metamock import netfilter  # imported only when privileged
+class SidecarHooks(Hooks):
+    """The sidecar's part of the life cycle: redirect, exports and the supervised programs.
 
-    try:
-        service.netfilter_backend = netfilter.apply(service.port)
-    except MetamockError as exc:
-        log.warning("redirect not applied (%s); clients need %s", exc, advice)
-        return
-    log.info("netfilter redirect applied (%s backend)", service.netfilter_backend)
+    SIGHUP and SIGQUIT go to every program (SIGHUP also reloads the config). SIGTERM stops the
+    programs in reverse order within the grace period *while* the stop notice is served; SIGINT
+    (Ctrl-C in `docker run -it`) does the same without the notice, as `metamock serve` does, and
+    the programs get SIGINT. Either way the listener closes after the last program stopped.
+    """
+
+    forwarded = (signal.SIGQUIT,)
+
+    def __init__(
+        self,
+        settings: Settings,
+        options: SidecarOptions,
+        environ: Mapping[str, str],
+        exported: Mapping[str, bytes],
+        has_net_admin: bool,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.options = options
+        self.environ = environ
+        self.exported = exported
+        self.has_net_admin = has_net_admin
+        self.supervisor: Supervisor | None = None
+        self.written: Exports | None = None
+        self._specs: list[ChildSpec] = []
+        self._stop_signal: int | None = None
+
+    async def prepare(self, service: Service) -> None:
+        await self._redirect(service)
+        await service.identity_key()  # agents read the signed identity as they start
+        endpoint = endpoint_url(self.settings.hosts, service.port)
+        self.written = write_exports(self.options, self.exported, endpoint)
+        self._specs = [
+            ChildSpec(
+                name=p.name,
+                argv=p.argv,
+                env=child_environment(self.environ, self.exported, endpoint, p, self.options.allow),
+                restart=self.options.restart,
+                before_start=p.before_start,
+            )
+            for p in self.options.programs
+        ]
+
+    async def run(self, service: Service) -> int:
+        supervisor = Supervisor(self._specs, grace=self.options.grace, backoff=self.options.backoff)
+        self.supervisor = supervisor
+        await supervisor.start()
+        if self._stop_signal is not None:  # a signal came as it started
+            supervisor.request_stop(self._stop_signal)
+        names = [c.spec.name for c in supervisor.children]
+        log.info("sidecar ready on port %d; programs: %s", service.port, ", ".join(names) or "none")
+        code = await supervisor.wait()
+        if self._stop_signal is None:
+            log.error("stopping: a program failed (exit code %d)", code)
+        return code
+
+    def stop(self, signum: int) -> None:
+        self._stop_signal = signum
+        if self.supervisor is not None:
+            self.supervisor.request_stop(signum)
+
+    def on_signal(self, signum: int) -> None:
+        if self.supervisor is not None:
+            self.supervisor.forward(signum)
+
+    async def close(self) -> None:
+        try:
+            if self.supervisor is not None:
+                await self.supervisor.close()
+        finally:
+            if self.written is not None:
+                self.written.remove()
+                self.written = None
+
+    async def _redirect(self, service: Service) -> None:
+        if service.netfilter_backend is not None:
+            return  # --netfilter / METAMOCK_NETFILTER asked and the service applied it
+        advice = f"{ENDPOINT_VAR}=http://127.0.0.1:{service.port}/"
+        if self.options.netfilter is False or not self.has_net_admin:
+            why = "netfilter is off" if self.options.netfilter is False else "no CAP_NET_ADMIN"
+            log.info(
+                "%s: 169.254.169.254 is not redirected; the agents here get %s, set the same in "
+                "every other container of the task",
+                why,
+                advice,
+            )
+            return
+        try:
+            await service.apply_redirect()
+        except MetamockError as exc:
+            log.warning("redirect not applied (%s); clients need %s", exc, advice)
 
 
 async def run_sidecar(
@@ -141,106 +258,9 @@ async def run_sidecar(
     environb: Mapping[bytes, bytes],
     has_net_admin: bool,
 ) -> int:
-    """Serve and supervise until SIGTERM/SIGINT or a child's final failure; the exit code."""
+    """Serve and supervise until SIGTERM/SIGINT or a program's final failure; the exit code."""
     exported = exported_variables(options, environb)
-    loop = asyncio.get_running_loop()
-    stop, again = asyncio.Event(), asyncio.Event()
-    service: Service | None = None
-    supervisor: Supervisor | None = None
-
-    def on_stop(signum: int) -> None:
-        if stop.is_set():
-            again.set()  # a second TERM/INT cuts the stop notice short
-            return
-        log.info("received %s: stopping", signal.Signals(signum).name)
-        stop.set()
-        if supervisor is not None:
-            supervisor.request_stop(signum)
-
-    def on_forward(signum: int) -> None:
-        if supervisor is not None:
-            supervisor.forward(signum)
-        if signum == signal.SIGHUP and service is not None:
-            service.reload_config()
-
-    # Installed before anything slow: PID 1 silently drops a signal it has no handler for.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_stop, sig)
-    for sig in (signal.SIGHUP, signal.SIGQUIT):
-        loop.add_signal_handler(sig, on_forward, sig)
-    log.debug("signal handlers installed; starting the server")
-    code = 0
-    try:
-        service = await _start_unless_stopped(settings, stop)
-        if service is None:
-            log.info("stopped during start-up")
-            return 0
-        try:
-            _apply_netfilter(service, options, has_net_admin)
-            endpoint = endpoint_url(settings.hosts, service.port)
-            write_exports(options, exported, endpoint)
-            specs = [
-                ChildSpec(
-                    name=p.name,
-                    argv=p.argv,
-                    env=child_environment(environ, exported, endpoint, p, options.allow),
-                    restart=options.restart,
-                    before_start=p.before_start,
-                )
-                for p in options.programs
-            ]
-            if not stop.is_set():  # a SIGTERM during start-up: start nothing
-                supervisor = Supervisor(specs, grace=options.grace, backoff=options.backoff)
-                code = await _supervise(service, supervisor, stop, again)
-        finally:
-            await service.stop(stop_notice=False)
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
+    hooks = SidecarHooks(settings, options, environ, exported, has_net_admin)
+    code = await run_service(settings, hooks)
     log.info("sidecar stopped (exit code %d)", code)
     return code
-
-
-async def _start_unless_stopped(settings: Settings, stop: asyncio.Event) -> Service | None:
-    """Start the service; None when a SIGTERM comes first (ECS retries can take ~10 s)."""
-    starting = asyncio.ensure_future(Service.start(settings))
-    stopping = asyncio.ensure_future(stop.wait())
-    both: list[asyncio.Future[Any]] = [starting, stopping]
-    await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
-    stopping.cancel()
-    if starting.done():
-        return starting.result()
-    starting.cancel()
-    with contextlib.suppress(asyncio.CancelledError, MetamockError):
-        await starting
-    return None
-
-
-async def _supervise(
-    service: Service, supervisor: Supervisor, stop: asyncio.Event, again: asyncio.Event
-) -> int:
-    await supervisor.start()
-    names = [c.spec.name for c in supervisor.children]
-    log.info("sidecar ready on port %d; programs: %s", service.port, ", ".join(names) or "none")
-    try:
-        finished = asyncio.ensure_future(supervisor.wait())
-        stopping = asyncio.ensure_future(stop.wait())
-        first: list[asyncio.Future[Any]] = [finished, stopping]
-        await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if not stop.is_set():
-            code = await finished  # a child failed for good: the task is not being stopped
-            log.error("stopping: a program failed (exit code %d)", code)
-            return code
-        # Agents stop while the notice is served; the listener closes after both.
-        notice = asyncio.ensure_future(service.publish_stop_notice())
-        code = await finished
-        cut = asyncio.ensure_future(again.wait())
-        last: list[asyncio.Future[Any]] = [notice, cut]
-        await asyncio.wait(last, return_when=asyncio.FIRST_COMPLETED)
-        notice.cancel()
-        cut.cancel()
-        return code
-    finally:
-        await supervisor.close()

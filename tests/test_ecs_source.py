@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from metamock.clock import ManualClock
-from metamock.errors import SettingsError, UpstreamError
+from metamock.errors import SettingsError, TaskDocumentError, UpstreamError
 from metamock.sources.base import MetadataSource
 from metamock.sources.ecs import EcsSource
 from tests.ecs_support import (
@@ -138,6 +138,41 @@ async def test_start_gives_up_with_one_line_naming_the_url(
     assert f"127.0.0.1:{agent.port}/v4/" in message
     assert "gave up after" in message
     assert_no_secret(message)
+
+
+async def test_a_malformed_task_document_fails_the_start_at_once(
+    agent: FakeEcsAgent, make_source: MakeSource
+) -> None:
+    agent.task = agent.task | {"TaskARN": "arn:aws:ecs:us-west-2:bad"}
+    source = make_source()
+    with pytest.raises(TaskDocumentError) as info:
+        await source.start()
+    assert agent.calls["task"] == 1  # not retried: the agent would answer the same document
+    assert isinstance(info.value, UpstreamError) and info.value.exit_code == 1
+    assert str(info.value) == (
+        "ECS task metadata (${ECS_CONTAINER_METADATA_URI_V4}/task): TaskARN "
+        "'arn:aws:ecs:us-west-2:bad' is not arn:PARTITION:ecs:REGION:ACCOUNT:task/..."
+    )
+    assert source._session is None  # closed: no "Unclosed client session" at exit
+
+
+async def test_a_malformed_container_document_is_named(agent: FakeEcsAgent, make_source: MakeSource) -> None:
+    agent.container = agent.container | {"Networks": {"not": "a list"}}
+    with pytest.raises(TaskDocumentError, match=r"^ECS container metadata .*: Networks is an object"):
+        await make_source().start()
+
+
+async def test_a_malformed_document_later_keeps_the_last_good_one(
+    agent: FakeEcsAgent, make_source: MakeSource, sleeper: SteppedSleep, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = make_source(task_refresh=300.0)
+    await source.start()
+    good = source.facts().task["TaskARN"]
+    agent.task = agent.task | {"TaskARN": 7}
+    retry = await sleeper.step(TMDE_LOOP)
+    assert retry < 300.0
+    assert source.facts().task["TaskARN"] == good
+    assert "TaskARN 7 is not" in caplog.text
 
 
 async def test_credential_failure_at_start_is_not_fatal(

@@ -54,6 +54,32 @@ def test_programs_keep_command_line_order_and_split_without_a_shell() -> None:
 
 
 @pytest.mark.parametrize(
+    ("command", "argv"),
+    [  # the rules docs/sidecar.md and `--run`'s help state, row by row
+        ("a \tb\nc", ["a", "b", "c"]),
+        ("'a \\ \"$b'", ['a \\ "$b']),
+        ('"q\\" b\\\\ c\\$HOME \\n"', ['q" b\\ c\\$HOME \\n']),
+        ("\\$5 \\x", ["$5", "x"]),
+        ("a\"b\"'c'", ["abc"]),
+        ("x \"\" ''", ["x", "", ""]),
+        ("$VAR ${VAR} ~ *.log $(id) `id`", ["$VAR", "${VAR}", "~", "*.log", "$(id)", "`id`"]),
+        ("a;b | c && d > e #f", ["a;b", "|", "c", "&&", "d", ">", "e", "#f"]),
+        ('/app/run --name "my app" --price \\$5', ["/app/run", "--name", "my app", "--price", "$5"]),
+    ],
+)
+def test_run_splits_by_the_documented_rules(command: str, argv: list[str]) -> None:
+    assert list(agents.parse_run(f"x={command}").argv) == argv
+
+
+def test_run_help_states_the_rules() -> None:
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    text = " ".join(parser.format_help().split())
+    assert "shlex.split" in text
+    assert "stays \\$, unlike a shell" in text
+
+
+@pytest.mark.parametrize(
     ("argv", "setting"),
     [
         (["--run", "noequals"], "--run"),
@@ -142,7 +168,8 @@ def test_exports_written_where_agents_read_them(tmp_path: Path) -> None:
         "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": b"/v2/credentials/6e2b7c2a",
         "AWS_REGION": b"us-west-2",
     }
-    written = write_exports(options, exported, "http://127.0.0.1:1338/")
+    exports = write_exports(options, exported, "http://127.0.0.1:1338/")
+    written = exports.paths
     rel = sorted(str(p.relative_to(tmp_path)) for p in written)
     assert rel == [
         "etc/profile.d/metamock-ecs.sh",
@@ -157,6 +184,8 @@ def test_exports_written_where_agents_read_them(tmp_path: Path) -> None:
         if os.environ.get("UPDATE_GOLDEN"):  # not METAMOCK_*: conftest scrubs those
             golden.write_bytes(path.read_bytes())
         assert path.read_bytes() == golden.read_bytes(), name
+    exports.remove()  # at exit: nothing of it left, not even the directories it made
+    assert not (tmp_path / "etc").exists()
 
 
 def test_unwritable_export_is_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -164,7 +193,7 @@ def test_unwritable_export_is_a_warning(tmp_path: Path, caplog: pytest.LogCaptur
     blocker.write_text("")
     options = SidecarOptions(profile_script=blocker / "profile.sh", systemd_dir=None)
     with caplog.at_level(logging.WARNING):
-        assert write_exports(options, {}, "http://127.0.0.1:1338/") == []
+        assert write_exports(options, {}, "http://127.0.0.1:1338/").files == []
     assert "cannot write" in caplog.text
 
 

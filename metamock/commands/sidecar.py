@@ -13,7 +13,7 @@ from typing import Any
 from metamock import agents, envexport
 from metamock.commands.serve import add_serve_arguments, settings_from_args
 from metamock.errors import SettingsError
-from metamock.sidecar import PROFILE_SCRIPT, SYSTEMD_DIR, SidecarOptions, run_sidecar
+from metamock.sidecar import PROFILE_SCRIPT, SYSTEMD_DIR, SidecarOptions, may_write_in, run_sidecar
 from metamock.supervisor import Restart
 
 
@@ -39,7 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--agent", action=_Programs, const="agent", choices=sorted(agents.PRESETS), help="run an agent preset"
     )
-    add("--run", action=_Programs, const="run", metavar="NAME=COMMAND", help="run a command (no shell)")
+    add(
+        "--run",
+        action=_Programs,
+        const="run",
+        metavar="NAME=COMMAND",
+        help=f"run a command (repeatable). {agents.RUN_SYNTAX}",
+    )
     add(
         "--restart",
         choices=[r.value for r in Restart],
@@ -70,15 +76,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--profile-script",
         dest="profile_script",
         metavar="PATH",
-        default=str(PROFILE_SCRIPT),
-        help=f"shell export of the variables for login shells (default {PROFILE_SCRIPT}; '' = none)",
+        help=(
+            f"shell export of the variables for login shells (default {PROFILE_SCRIPT} when this "
+            "user may write there; '' = none); removed at exit"
+        ),
     )
     add(
         "--systemd-dir",
         dest="systemd_dir",
         metavar="DIR",
-        default=str(SYSTEMD_DIR),
-        help=f"<unit>.service.d/ drop-ins for the preset agents (default {SYSTEMD_DIR}; '' = none)",
+        help=(
+            f"<unit>.service.d/ drop-ins for the preset agents (default {SYSTEMD_DIR} when this "
+            "user may write there; '' = none); removed at exit"
+        ),
     )
 
 
@@ -100,10 +110,17 @@ def options_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> S
         grace=args.grace,
         allow=envexport.AllowList.with_extra(args.allow),
         env_pid=args.env_pid,
-        profile_script=Path(args.profile_script) if args.profile_script else None,
-        systemd_dir=Path(args.systemd_dir) if args.systemd_dir else None,
+        profile_script=_target(args.profile_script, PROFILE_SCRIPT, PROFILE_SCRIPT.parent),
+        systemd_dir=_target(args.systemd_dir, SYSTEMD_DIR, SYSTEMD_DIR),
         netfilter=None if not explicit else True if args.netfilter else None,
     )
+
+
+def _target(given: str | None, default: Path, directory: Path) -> Path | None:
+    """An explicit target as given ('' = none); the default only where this user may write."""
+    if given is not None:
+        return Path(given) if given else None
+    return default if may_write_in(directory) else None
 
 
 def _has_net_admin() -> bool:
@@ -119,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
     environ = dict(os.environ)  # the edge: the entrypoint's own, ECS-injected environment
     options = options_from_args(args, environ)
     settings = settings_from_args(args, environ)
+    agents.check_installed(options.programs, environ)  # before serving: no restarting a typo
     if options.netfilter is None and "METAMOCK_NETFILTER" in environ and not settings.netfilter:
         options = dataclasses.replace(options, netfilter=False)
     # Plain asyncio, not uvloop: the supervisor's SIGCHLD handler must be the only reaper.

@@ -2,7 +2,9 @@
 
 Signed with a key generated per process (or loaded from a PEM file). Clients that only parse the
 document are happy; nothing signed here verifies against AWS's public certificates, by design.
-The key is made on first use, so start-up does not pay for RSA key generation.
+RSA key generation takes 50-300 ms of CPU: the service calls `prepare()` in a thread at start-up,
+so requests on the event loop do not pay for it (a signature asked for while `prepare()` runs
+waits for it to finish; one asked for without `prepare()` makes the key then).
 """
 
 from __future__ import annotations
@@ -22,6 +24,15 @@ class IdentitySigner:
 
     def __repr__(self) -> str:
         return "IdentitySigner(key=****)"
+
+    @property
+    def prepared(self) -> bool:
+        """Whether the key and certificate exist (signing will not generate them)."""
+        return self._material is not None
+
+    def prepare(self) -> None:
+        """Make (or load) the key and certificate now; blocking, so call it off the event loop."""
+        self._key_and_cert()
 
     def _key_and_cert(self) -> tuple[Any, Any]:
         with self._lock:

@@ -15,9 +15,10 @@ import aiohttp
 
 from metamock import __version__
 from metamock.clock import Clock, SystemClock
-from metamock.ecs.client import EcsClient, Endpoints, Throttled
+from metamock.ecs.client import V4, EcsClient, Endpoints, Throttled
 from metamock.ecs.credentials import Backoff, CredentialCache, RefreshPolicy, Sleep, notify
-from metamock.errors import UpstreamError
+from metamock.ecs.documents import container_problem, task_problem
+from metamock.errors import TaskDocumentError, UpstreamError
 from metamock.sources.base import Credentials, TaskFacts
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,13 @@ class EcsSource:
             raise task
         if isinstance(container, BaseException):
             raise container
+        # Checked here, at the boundary: translation trusts what it is given.
+        problem = task_problem(task)
+        if problem is not None:
+            raise TaskDocumentError(f"ECS task metadata (${{{V4}}}/task): {problem}")
+        problem = container_problem(container)
+        if problem is not None:
+            raise TaskDocumentError(f"ECS container metadata (${{{V4}}}): {problem}")
         return task, container
 
     async def _first_facts(self) -> TaskFacts:
@@ -158,6 +166,8 @@ class EcsSource:
             attempts += 1
             try:
                 task, container = await self._documents()
+            except TaskDocumentError:
+                raise  # the agent would answer the same document again
             except UpstreamError as exc:
                 if loop.time() + delay >= deadline:
                     raise UpstreamError(
