@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from metamock.errors import MetamockError
+from metamock.runtime import install_process_effects
 from metamock.service import Service
 from metamock.settings import Settings
 
@@ -71,6 +72,7 @@ async def run_service(
     start: Callable[[Settings], Awaitable[Service]] = Service.start,
 ) -> int:
     """Run the service (and `hooks`) until a stop signal or `hooks.run` ends; the exit code."""
+    install_process_effects()
     hooks = hooks or Hooks()
     life = _Signals(hooks)
     life.install()
@@ -97,11 +99,6 @@ async def run_service(
                 await service.stop(stop_notice=False)
     finally:
         life.uninstall()
-
-
-async def serve_until_signal(settings: Settings, on_ready: Callable[[Service], None] | None = None) -> int:
-    """`metamock serve`: the life cycle with nothing beside the server."""
-    return await run_service(settings, on_ready=on_ready)
 
 
 async def _serve(service: Service, hooks: Hooks, life: _Signals) -> int:

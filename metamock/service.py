@@ -254,7 +254,6 @@ class Service:
         for overlay in self.overlays.values():  # the stop notice wins over scenarios
             deep_merge(extra, overlay)
         credentials = self.source.credentials()
-        self._tree_credentials = credentials
         self._tree = Tree.build(
             build_tree(
                 self.source.facts(),
@@ -265,6 +264,8 @@ class Service:
             ),
             built_at=now,
         )
+        # Recorded only once built: after a failed build, ensure_credentials tries again.
+        self._tree_credentials = credentials
         self._arm_timer(rendered.next_change)
         for callback in self.on_rebuild:
             callback(self._tree)

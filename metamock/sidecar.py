@@ -22,12 +22,11 @@ from metamock.agents import Program
 from metamock.errors import MetamockError
 from metamock.lifecycle import Hooks, run_service
 from metamock.service import Service
-from metamock.settings import Settings
+from metamock.settings import ENDPOINT_VAR, Settings, client_host, endpoint_advice, endpoint_url
 from metamock.supervisor import Backoff, ChildSpec, Restart, Supervisor
 
 log = logging.getLogger("metamock.sidecar")
 
-ENDPOINT_VAR = "AWS_EC2_METADATA_SERVICE_ENDPOINT"
 PROFILE_SCRIPT = Path("/etc/profile.d/metamock-ecs.sh")
 SYSTEMD_DIR = Path("/etc/systemd/system")
 DROP_IN = "metamock-ecs.conf"
@@ -44,16 +43,6 @@ class SidecarOptions:
     systemd_dir: Path | None = SYSTEMD_DIR
     netfilter: bool | None = None  # None: apply when CAP_NET_ADMIN is there
     backoff: Backoff = field(default_factory=Backoff)
-
-
-def endpoint_url(hosts: tuple[str, ...], port: int) -> str:
-    """Where the children reach the server: 127.0.0.1 when listened on, else a loopback host."""
-    if "127.0.0.1" in hosts or "0.0.0.0" in hosts or not hosts:
-        return f"http://127.0.0.1:{port}/"
-    host = hosts[0]
-    if host in ("::", "::1") or ":" in host:
-        return f"http://[{'::1' if host == '::' else host}]:{port}/"
-    return f"http://{host}:{port}/"
 
 
 def exported_variables(options: SidecarOptions, own: Mapping[bytes, bytes]) -> dict[str, bytes]:
@@ -188,7 +177,7 @@ class SidecarHooks(Hooks):
     async def prepare(self, service: Service) -> None:
         await self._redirect(service)
         await service.identity_key()  # agents read the signed identity as they start
-        endpoint = endpoint_url(self.settings.hosts, service.port)
+        endpoint = endpoint_url(service.port, client_host(self.settings.hosts))
         self.written = write_exports(self.options, self.exported, endpoint)
         self._specs = [
             ChildSpec(
@@ -235,7 +224,7 @@ class SidecarHooks(Hooks):
     async def _redirect(self, service: Service) -> None:
         if service.netfilter_backend is not None:
             return  # --netfilter / METAMOCK_NETFILTER asked and the service applied it
-        advice = f"{ENDPOINT_VAR}=http://127.0.0.1:{service.port}/"
+        advice = endpoint_advice(service.port, client_host(self.settings.hosts))
         if self.options.netfilter is False or not self.has_net_admin:
             why = "netfilter is off" if self.options.netfilter is False else "no CAP_NET_ADMIN"
             log.info(

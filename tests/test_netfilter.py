@@ -70,7 +70,6 @@ def test_has_net_admin(capeff: str, expected: bool, tmp_path: Path) -> None:
     status.write_text(f"Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t{capeff}\nCapBnd:\t000001ffffffffff\n")
     assert privilege.has_net_admin(status) is expected
     assert privilege.effective_capabilities(status) == int(capeff, 16)
-    assert privilege.has_net_admin(status.read_text()) is expected  # commands/sidecar.py, until rewired
 
 
 def test_capabilities_unknown_count_as_missing(tmp_path: Path) -> None:

@@ -17,10 +17,10 @@ import pytest
 from metamock import agents, envexport
 from metamock.commands import sidecar as command
 from metamock.errors import SettingsError
+from metamock.settings import client_host, endpoint_url
 from metamock.sidecar import (
     SidecarOptions,
     child_environment,
-    endpoint_url,
     exported_variables,
     write_exports,
 )
@@ -138,10 +138,15 @@ def test_child_environment_drops_static_keys_adds_endpoint() -> None:
 
 
 def test_endpoint_url() -> None:
-    assert endpoint_url(("127.0.0.1", "::1"), 1338) == "http://127.0.0.1:1338/"
-    assert endpoint_url(("::1",), 80) == "http://[::1]:80/"
-    assert endpoint_url(("0.0.0.0",), 1338) == "http://127.0.0.1:1338/"
-    assert endpoint_url(("::",), 1338) == "http://[::1]:1338/"
+    """Where the sidecar's children are pointed (settings.endpoint_url of client_host)."""
+
+    def url(hosts: tuple[str, ...], port: int) -> str:
+        return endpoint_url(port, client_host(hosts))
+
+    assert url(("127.0.0.1", "::1"), 1338) == "http://127.0.0.1:1338/"
+    assert url(("::1",), 80) == "http://[::1]:80/"
+    assert url(("0.0.0.0",), 1338) == "http://127.0.0.1:1338/"
+    assert url(("::",), 1338) == "http://[::1]:1338/"
 
 
 def test_exported_variables_from_own_environment_or_a_pid() -> None:

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Mapping
 
 from metamock import settings as settings_table
-from metamock.lifecycle import serve_until_signal
+from metamock.lifecycle import run_service
 from metamock.service import Service
 from metamock.settings import Settings, client_host, endpoint_advice
 
@@ -46,7 +46,7 @@ def announce(service: Service) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, os.environ)
     _install_fast_loop()
-    return asyncio.run(serve_until_signal(settings, on_ready=announce))
+    return asyncio.run(run_service(settings, on_ready=announce))
 
 
 def _install_fast_loop() -> None:

@@ -123,15 +123,6 @@ def _target(given: str | None, default: Path, directory: Path) -> Path | None:
     return default if may_write_in(directory) else None
 
 
-def _has_net_admin() -> bool:
-    from metamock.netfilter.privilege import has_net_admin
-
-    try:
-        return has_net_admin(Path("/proc/self/status").read_text(encoding="ascii", errors="replace"))
-    except OSError:
-        return False
-
-
 def run(args: argparse.Namespace) -> int:
     environ = dict(os.environ)  # the edge: the entrypoint's own, ECS-injected environment
     options = options_from_args(args, environ)
@@ -139,5 +130,7 @@ def run(args: argparse.Namespace) -> int:
     agents.check_installed(options.programs, environ)  # before serving: no restarting a typo
     if options.netfilter is None and "METAMOCK_NETFILTER" in environ and not settings.netfilter:
         options = dataclasses.replace(options, netfilter=False)
+    from metamock.netfilter.privilege import has_net_admin
+
     # Plain asyncio, not uvloop: the supervisor's SIGCHLD handler must be the only reaper.
-    return asyncio.run(run_sidecar(settings, options, environ, dict(os.environb), _has_net_admin()))
+    return asyncio.run(run_sidecar(settings, options, environ, dict(os.environb), has_net_admin()))

@@ -39,14 +39,8 @@ def has_capability(mask: int | None, bit: int) -> bool:
     return mask is not None and bool(mask >> bit & 1)
 
 
-def has_net_admin(status_file: Path | str = SELF_STATUS) -> bool:
-    """Whether this process may change netfilter rules and routes.
-
-    A `str` is the text of a status file: only for commands/sidecar.py's current call, which is
-    to become `has_net_admin()`; then this parameter is a Path only.
-    """
-    if isinstance(status_file, str):
-        return has_capability(parse_cap_eff(status_file), CAP_NET_ADMIN)
+def has_net_admin(status_file: Path = SELF_STATUS) -> bool:
+    """Whether this process may change netfilter rules and routes."""
     return has_capability(effective_capabilities(status_file), CAP_NET_ADMIN)
 
 

@@ -90,7 +90,7 @@ class EcsSource:
                 sleep=self._sleep,
                 policy=self._policy,
                 rand=self._rand,
-                on_change=self._changed,
+                on_change=lambda: self._changed("new credentials"),
             )
             if await self._cache.refresh() is None:
                 where = self.endpoints.credentials_label
@@ -124,9 +124,9 @@ class EcsSource:
             session, self._session = self._session, None
             await session.close()
 
-    def _changed(self) -> None:
+    def _changed(self, after: str = "new task metadata") -> None:
         if self.on_change is not None:
-            notify(self.on_change)
+            notify(self.on_change, after=after)
 
     def _partition(self) -> str:
         arn = self._facts.task.get("TaskARN") if self._facts else None

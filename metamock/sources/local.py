@@ -25,6 +25,7 @@ from typing import Any
 
 from metamock.clock import Clock, SystemClock
 from metamock.ecs.credentials import CredentialCache, RefreshPolicy, Sleep, one_line
+from metamock.ecs.documents import TASK_ARN, validate_task
 from metamock.errors import SettingsError, UpstreamError
 from metamock.secrets import Secret, key_hint
 from metamock.sources.base import Credentials, TaskFacts
@@ -56,7 +57,6 @@ LOCAL_POLICY = RefreshPolicy(
 )
 CACHE_NAME = "metamock-local-credentials"  # the cache's tasks: <name>-refresh, <name>-fetch
 
-_TASK_ARN = re.compile(r"^arn:(aws[a-z-]*):ecs:([a-z0-9-]+):(\d{12}):task/\S+$")
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/(?:[\w+=,.@-]+/)*([\w+=,.@-]{1,64})$")
 
 
@@ -64,26 +64,6 @@ def sample_task() -> dict[str, Any]:
     """The embedded task document: AWS's documented Fargate TMDE v4 example."""
     text = resources.files("metamock").joinpath("data", "sample-task.json").read_text("utf-8")
     doc: dict[str, Any] = json.loads(text)
-    return doc
-
-
-def validate_task(doc: object) -> dict[str, Any]:
-    """Check the minimal shape translation needs; SettingsError names everything missing."""
-    if not isinstance(doc, dict):
-        raise SettingsError("--task-metadata", "not a TMDE v4 task document (a JSON object)")
-    missing = [key for key in ("TaskARN", "AvailabilityZone") if not doc.get(key)]
-    containers = doc.get("Containers")
-    if not isinstance(containers, list) or not containers or not isinstance(containers[0], dict):
-        missing.append("Containers[0]")
-    elif not isinstance(containers[0].get("Networks"), list) or not containers[0]["Networks"]:
-        missing.append("Containers[0].Networks")
-    if missing:
-        raise SettingsError("--task-metadata", f"task document lacks {', '.join(missing)}")
-    if not isinstance(doc["TaskARN"], str) or not _TASK_ARN.match(doc["TaskARN"]):
-        raise SettingsError(
-            "--task-metadata",
-            f"TaskARN {doc['TaskARN']!r} is not arn:PARTITION:ecs:REGION:ACCOUNT:task/...",
-        )
     return doc
 
 
@@ -140,7 +120,7 @@ class LocalSource:
         self._role_name = role_name(role_arn) if role_arn else LOCAL_ROLE_NAME
         self._region = region
         self._endpoint_url = endpoint_url
-        arn = _TASK_ARN.match(task["TaskARN"])
+        arn = TASK_ARN.match(task["TaskARN"])
         if arn is None:  # pragma: no cover - validate_task checked it
             raise SettingsError("--task-metadata", "bad TaskARN")
         partition, self._task_region, account = arn.groups()
