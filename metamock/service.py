@@ -91,7 +91,6 @@ class Service:
         self.control: ControlServer | None = None
         self._watch_interval = watch_interval
         self._watcher: asyncio.Task[None] | None = None
-        self._keygen: asyncio.Future[None] | None = None
 
     # -- TreeHolder -------------------------------------------------------------------------
     @property
@@ -129,7 +128,7 @@ class Service:
 
     async def _start(self) -> None:
         """Start everything; on any failure (a signal's cancel included) undo what was set up."""
-        self._start_keygen()
+        self.identity_signer.prepare_in_thread()
         try:
             self.source.on_change = self.rebuild
             await self.source.start()
@@ -162,23 +161,9 @@ class Service:
             # start-up and the first look is not taken for the starting state (unchanged = no-op).
             self._watcher = asyncio.ensure_future(self._watch_config(self.settings.config_path, None))
 
-    def _start_keygen(self) -> None:
-        """Make the identity-signing key in a thread, beside the start instead of before listening.
-
-        RSA-2048 generation takes 50-300 ms of CPU. On the loop, at the first signature request,
-        it stalled every request in flight; awaited before listening it would add that much to
-        the time to ready (~60 ms of a ~275 ms start, measured). In a thread beside the start, it
-        is done before any client asks, except one asking within those first milliseconds, which
-        then waits for the rest of it. `identity_key()` waits for it (the sidecar does, before
-        starting its programs).
-        """
-        self._keygen = asyncio.ensure_future(asyncio.to_thread(self.identity_signer.prepare))
-        self._keygen.add_done_callback(_log_keygen_failure)
-
     async def identity_key(self) -> None:
         """Wait until the identity-signing key exists (signatures then never generate one)."""
-        if self._keygen is not None:
-            await asyncio.shield(self._keygen)
+        await self.identity_signer.ready()
 
     async def apply_redirect(self) -> str:
         """Redirect 169.254.169.254 here (idempotent); the backend used. Removed by `stop()`.
@@ -371,8 +356,7 @@ class Service:
         if stop_notice:
             await self.publish_stop_notice()
         self._cancel_timer()
-        if self._keygen is not None:
-            self._keygen.cancel()  # the thread finishes on its own; nothing waits for it now
+        self.identity_signer.abandon()
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -392,13 +376,6 @@ class Service:
                 await self.remove_redirect()
             finally:
                 await self.source.close()
-
-
-def _log_keygen_failure(done: asyncio.Future[None]) -> None:
-    if done.cancelled() or done.exception() is None:
-        return
-    # A signature request will raise the same again (a 500 on that path); everything else serves.
-    log.error("identity-signing key not made: %s", done.exception())
 
 
 def _bracket(host: str) -> str:
