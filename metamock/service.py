@@ -128,7 +128,6 @@ class Service:
 
     async def _start(self) -> None:
         """Start everything; on any failure (a signal's cancel included) undo what was set up."""
-        self.identity_signer.prepare_in_thread()
         try:
             self.source.on_change = self.rebuild
             await self.source.start()
@@ -160,10 +159,6 @@ class Service:
             # No baseline: the first check reloads, so an edit made between reading the file at
             # start-up and the first look is not taken for the starting state (unchanged = no-op).
             self._watcher = asyncio.ensure_future(self._watch_config(self.settings.config_path, None))
-
-    async def identity_key(self) -> None:
-        """Wait until the identity-signing key exists (signatures then never generate one)."""
-        await self.identity_signer.ready()
 
     async def apply_redirect(self) -> str:
         """Redirect 169.254.169.254 here (idempotent); the backend used. Removed by `stop()`.
@@ -356,7 +351,6 @@ class Service:
         if stop_notice:
             await self.publish_stop_notice()
         self._cancel_timer()
-        self.identity_signer.abandon()
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

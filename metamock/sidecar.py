@@ -176,7 +176,6 @@ class SidecarHooks(Hooks):
 
     async def prepare(self, service: Service) -> None:
         await self._redirect(service)
-        await service.identity_key()  # agents read the signed identity as they start
         endpoint = endpoint_url(service.port, client_host(self.settings.hosts))
         self.written = write_exports(self.options, self.exported, endpoint)
         self._specs = [

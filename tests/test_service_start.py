@@ -172,7 +172,33 @@ async def test_port_0_reads_the_bound_port(tmp_path: Path) -> None:
         await service.stop(stop_notice=False)
 
 
-async def test_the_identity_key_is_made_beside_the_start_not_at_a_request(
+async def _get(port: int, path: str) -> tuple[int, bytes, float]:
+    """GET `path` from the service (IMDSv1); status, body and when the answer arrived."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    raw = await reader.read()
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body, time.monotonic()
+
+
+async def test_no_identity_key_is_made_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def forbidden(key_file: Path | None) -> Any:
+        raise AssertionError("an identity key made although nobody asked for a signature")
+
+    monkeypatch.setattr(signing, "_make_material", forbidden)
+    service, exc = await start(Recording(), tmp_path)
+    try:
+        assert exc is None
+        status, body, _ = await _get(service.port, "/latest/meta-data/instance-id")
+        assert (status, body[:2]) == (200, b"i-")
+        assert not service.identity_signer.prepared
+    finally:
+        await service.stop(stop_notice=False)
+
+
+async def test_a_signature_request_makes_the_key_off_the_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     made = signing._make_material
@@ -180,50 +206,33 @@ async def test_the_identity_key_is_made_beside_the_start_not_at_a_request(
 
     def slow(key_file: Path | None) -> Any:
         threads.append(threading.current_thread().name)
-        time.sleep(0.5)  # a slow machine's key generation: the start must not wait for it
+        time.sleep(0.5)  # a slow machine's key generation: other requests must not wait for it
         return made(key_file)
 
     monkeypatch.setattr(signing, "_make_material", slow)
-    began = time.monotonic()
     service, exc = await start(Recording(), tmp_path)
     try:
         assert exc is None
-        assert time.monotonic() - began < 0.4  # listening before the key exists
-        assert listening(service.port)
-        await service.identity_key()
-        assert service.identity_signer.prepared
-        assert threads and threads[0] != threading.main_thread().name  # made off the loop
+        signatures = [
+            asyncio.ensure_future(_get(service.port, "/latest/dynamic/instance-identity/" + name))
+            for name in ("signature", "pkcs7", "rsa2048")
+        ]
+        await asyncio.sleep(0.1)
+        status, _, answered = await _get(service.port, "/latest/meta-data/instance-id")
+        assert status == 200
+        results = await asyncio.gather(*signatures)
+        assert all(s == 200 and b for s, b, _ in results)
+        assert results[2][1].startswith(b"MI")  # base64 DER of a PKCS#7 SignedData
+        assert all(answered < signed for _, _, signed in results)  # the loop served meanwhile
+        assert threads and threading.main_thread().name not in threads  # made off the loop
+        assert len(threads) == 1  # three concurrent first requests, one key
 
         def forbidden(key_file: Path | None) -> Any:
-            raise AssertionError("key generated again (on the event loop)")
+            raise AssertionError("key generated again")
 
         monkeypatch.setattr(signing, "_make_material", forbidden)
-        service.rebuild()
-        node = service.tree.get("dynamic/instance-identity/rsa2048")
-        assert node is not None
-        assert node.body.startswith(b"MI")  # base64 DER of a PKCS#7 SignedData
-    finally:
-        await service.stop(stop_notice=False)
-
-
-async def test_a_signature_asked_for_meanwhile_waits_for_the_same_key(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    made = signing._make_material
-    calls: list[int] = []
-
-    def slow(key_file: Path | None) -> Any:
-        calls.append(1)
-        time.sleep(0.3)
-        return made(key_file)
-
-    monkeypatch.setattr(signing, "_make_material", slow)
-    service, exc = await start(Recording(), tmp_path)
-    try:
-        assert exc is None
-        node = service.tree.get("dynamic/instance-identity/signature")
-        assert node is not None and node.body  # waited for the thread's key, made no second one
-        assert calls == [1]
+        again = await _get(service.port, "/latest/dynamic/instance-identity/signature")
+        assert again[:2] == results[0][:2]
     finally:
         await service.stop(stop_notice=False)
 

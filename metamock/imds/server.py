@@ -161,14 +161,19 @@ class ImdsHandler:
         if kind == METADATA:
             node = self._holder.tree.get(route.key)
             if node is not None and (node.expires is None or self._now() < node.expires):
-                return web.Response(body=node.body, headers=node.headers.copy())
+                body = node.rendered
+                if body is None:  # a lazy leaf's first request (the signatures): off the loop
+                    body = await node.render()
+                return web.Response(body=body, headers=node.headers.copy())
             # Fetch on demand only when credentials are missing or expired, not for any unknown
             # name under iam/ (that rebuilt the tree per request: an unauthenticated CPU amplifier).
             fetch = node is not None or self._holder.tree.get(_CREDENTIALS_DIR) is None
             if route.iam and fetch and await self._holder.ensure_credentials(self._credential_wait):
                 node = self._holder.tree.get(route.key)
                 if node is not None and (node.expires is None or self._now() < node.expires):
-                    return web.Response(body=node.body, headers=node.headers.copy())
+                    return web.Response(
+                        body=node.body, headers=node.headers.copy()
+                    )  # credentials: never lazy
             return self._not_found()
         if kind == VERSIONS:
             return web.Response(body=_VERSIONS_BODY, headers=self._text_headers)

@@ -2,25 +2,22 @@
 
 Signed with a key generated per process (or loaded from a PEM file). Clients that only parse the
 document are happy; nothing signed here verifies against AWS's public certificates, by design.
-RSA key generation takes 50-300 ms of CPU. On the loop, at the first signature request, it
-stalled every request in flight; awaited before listening it would add that much to the time to
-ready (~60 ms of a ~275 ms start, measured). So the service calls `prepare_in_thread()` at
-start-up, beside the rest of the start: the key is there before any client asks, except one
-asking within those first milliseconds, which then waits for the rest of it (one asked for
-without any `prepare` makes the key then).
+RSA key generation takes 50-300 ms of CPU, and loading the cryptography library ~9 MB of memory.
+Neither is paid unless a client asks for a signature: the signatures are lazy leaves of the tree,
+and the IMDS handler renders a lazy leaf's first answer in a thread (`Node.render`), so the key is
+made off the event loop while other requests are served. (On the loop, at the first signature
+request, it stalled every request in flight; made at every start in a thread, it cost ~100 ms of
+time to ready on one CPU, ~9 MB of RSS and CPU for a key most tasks never use — both measured
+with bench/run.py.)
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime
-import logging
 import threading
 from pathlib import Path
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 
 class IdentitySigner:
@@ -28,7 +25,6 @@ class IdentitySigner:
         self._key_file = key_file
         self._lock = threading.Lock()
         self._material: tuple[Any, Any] | None = None
-        self._preparing: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return "IdentitySigner(key=****)"
@@ -41,21 +37,6 @@ class IdentitySigner:
     def prepare(self) -> None:
         """Make (or load) the key and certificate now; blocking, so call it off the event loop."""
         self._key_and_cert()
-
-    def prepare_in_thread(self) -> None:
-        """Start `prepare()` in a thread of the running loop; `ready()` waits for it."""
-        self._preparing = asyncio.ensure_future(asyncio.to_thread(self.prepare))
-        self._preparing.add_done_callback(_log_failure)
-
-    async def ready(self) -> None:
-        """Wait for `prepare_in_thread()` (a waiter giving up does not cancel it)."""
-        if self._preparing is not None:
-            await asyncio.shield(self._preparing)
-
-    def abandon(self) -> None:
-        """Nothing waits for the key any more (the thread finishes on its own)."""
-        if self._preparing is not None:
-            self._preparing.cancel()
 
     def _key_and_cert(self) -> tuple[Any, Any]:
         with self._lock:
@@ -86,13 +67,6 @@ class IdentitySigner:
             "pkcs7": p7(detached=True),
             "rsa2048": p7(detached=False),
         }
-
-
-def _log_failure(done: asyncio.Future[None]) -> None:
-    if done.cancelled() or done.exception() is None:
-        return
-    # A signature request will raise the same again (a 500 on that path); everything else serves.
-    log.error("identity-signing key not made: %s", done.exception())
 
 
 def _wrap(data: bytes, width: int = 64) -> bytes:

@@ -7,6 +7,7 @@ children that resolve, so the two can never disagree.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -42,19 +43,27 @@ class Node:
     # The response headers, rendered once per tree (shared between nodes of one content type);
     # a CIMultiDict because aiohttp copies one of those far faster than it builds one from a dict.
     headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
-    # Bodies may be credentials: never in a repr.
-    _body: bytes | None = field(default=None, repr=False)
+    # The body, or None for a lazy leaf not rendered yet. Bodies may be credentials: never in a repr.
+    rendered: bytes | None = field(default=None, repr=False)
     _render: Callable[[], bytes] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def body(self) -> bytes:
-        if self._body is None:
+        """The body, rendering a lazy leaf here and now (blocking: see `render`)."""
+        if self.rendered is None:
             assert self._render is not None
             with self._lock:
-                if self._body is None:
-                    self._body = self._render()
-        return self._body
+                if self.rendered is None:
+                    self.rendered = self._render()
+        return self.rendered
+
+    async def render(self) -> bytes:
+        """The body, a lazy leaf rendered in a thread: its first render may take long (the
+        identity signatures make an RSA key), and the event loop keeps serving meanwhile."""
+        if self.rendered is not None:
+            return self.rendered
+        return await asyncio.to_thread(lambda: self.body)
 
 
 class Tree:
@@ -110,7 +119,7 @@ def _flatten(directory: Mapping[str, Any], prefix: str, nodes: dict[str, Node]) 
             entries.append(name)
     if not entries and prefix:
         return False
-    nodes[prefix] = Node(TEXT, True, _body="\n".join(entries).encode())
+    nodes[prefix] = Node(TEXT, True, rendered="\n".join(entries).encode())
     return True
 
 
@@ -118,13 +127,13 @@ def _leaf_node(value: Any) -> Node:
     if isinstance(value, Leaf):
         if callable(value.body):
             return Node(value.content_type, False, value.expires, _render=value.body)
-        return Node(value.content_type, False, value.expires, _body=value.body)
+        return Node(value.content_type, False, value.expires, rendered=value.body)
     if isinstance(value, bytes):
-        return Node(OCTETS, False, _body=value)
+        return Node(OCTETS, False, rendered=value)
     if isinstance(value, str):
-        return Node(TEXT, False, _body=value.encode())
+        return Node(TEXT, False, rendered=value.encode())
     if isinstance(value, bool):
-        return Node(TEXT, False, _body=str(value).lower().encode())
+        return Node(TEXT, False, rendered=str(value).lower().encode())
     if isinstance(value, int | float):
-        return Node(TEXT, False, _body=str(value).encode())
+        return Node(TEXT, False, rendered=str(value).encode())
     raise TypeError(f"cannot serve a {type(value).__name__}")
