@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,18 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers import free_port
+
 START_TIMEOUT = 30.0
 
 
 def _moto_server_bin() -> str:
     candidate = Path(sys.executable).parent / "moto_server"
     return str(candidate) if candidate.exists() else "/tmp/venv/bin/moto_server"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _answers(url: str) -> bool:
@@ -43,7 +38,7 @@ def _answers(url: str) -> bool:
 
 def start_moto_server() -> tuple[subprocess.Popen[bytes], str]:
     """Start moto_server and return (process, URL) once it answers."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     proc = subprocess.Popen(

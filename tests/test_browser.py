@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import REPO, NetNS, require
 from tests.httpraw import RawResponse, request
-from tests.imds_fixtures import running_service
+from tests.servers import running_service
 
 ROLE = "/latest/meta-data/iam/security-credentials/"
 CREDENTIALS = ROLE + "example-task-role"

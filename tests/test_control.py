@@ -24,7 +24,8 @@ from metamock.errors import MetamockError
 from tests.cli_support import assert_one_line_exit_2, cli_env, stop, wait_for_line
 from tests.conftest import make_netns, require_root
 from tests.netns import REPO, NetNS
-from tests.scenarios_support import fetch, free_port, get, scenario_service, serve_process
+from tests.scenarios_support import fetch, get
+from tests.servers import running_service, serve
 
 
 async def _call(path: Path, request: dict[str, object]) -> dict[str, object]:
@@ -37,7 +38,7 @@ async def _cli(*argv: str) -> int:
 
 
 async def test_socket_is_0600_and_removed_at_stop(tmp_path: Path) -> None:
-    async with scenario_service(tmp_path) as service:
+    async with running_service(tmp_path) as service:
         assert service.control is not None
         info = service.control.path.stat()
         assert stat.S_ISSOCK(info.st_mode)
@@ -48,7 +49,7 @@ async def test_socket_is_0600_and_removed_at_stop(tmp_path: Path) -> None:
 
 
 async def test_trigger_clear_and_status_through_the_socket(tmp_path: Path) -> None:
-    async with scenario_service(tmp_path) as service, aiohttp.ClientSession() as s:
+    async with running_service(tmp_path) as service, aiohttp.ClientSession() as s:
         path = service.control.path  # type: ignore[union-attr]
         answer = await _call(
             path, {"op": "trigger", "scenario": "spot", "options": {"action": "stop", "in": 60}}
@@ -71,7 +72,7 @@ async def test_trigger_clear_and_status_through_the_socket(tmp_path: Path) -> No
 
 
 async def test_metamock_trigger_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    async with scenario_service(tmp_path) as service, aiohttp.ClientSession() as s:
+    async with running_service(tmp_path) as service, aiohttp.ClientSession() as s:
         sock = str(service.control.path)  # type: ignore[union-attr]
         assert await _cli("spot", "--socket", sock, "--action", "hibernate", "--in", "30") == 0
         printed = json.loads(capsys.readouterr().out)
@@ -100,7 +101,7 @@ async def test_trigger_finds_the_socket_from_the_port(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    async with scenario_service(tmp_path) as service:
+    async with running_service(tmp_path) as service:
         # A second socket at the default place for this port, as `serve` creates it.
         default = choose_path(service.port, {"XDG_RUNTIME_DIR": str(tmp_path)})
         extra = ControlServer(default, lambda request: {"ok": True, "triggered": {"via": "default"}})
@@ -124,7 +125,7 @@ async def test_bad_cli_usage_exits_2_and_no_server_exits_1(
 
 
 async def test_bad_requests_are_answered_and_change_nothing(tmp_path: Path) -> None:
-    async with scenario_service(tmp_path) as service:
+    async with running_service(tmp_path) as service:
         path = service.control.path  # type: ignore[union-attr]
         reader, writer = await asyncio.open_unix_connection(str(path))
         answers = []
@@ -193,7 +194,7 @@ def test_default_paths_and_private_directories(tmp_path: Path) -> None:
 async def test_another_user_cannot_connect(tmp_path: Path) -> None:
     require_root()
     tmp_path.chmod(0o755)  # let the other user reach the directory: only the socket's mode stops it
-    async with scenario_service(tmp_path) as service:
+    async with running_service(tmp_path) as service:
         path = service.control.path  # type: ignore[union-attr]
         probe = (
             "import socket, sys\n"
@@ -212,8 +213,8 @@ async def test_another_user_cannot_connect(tmp_path: Path) -> None:
 def test_trigger_reaches_a_real_serve_by_its_port() -> None:
     """End to end: `metamock serve` makes its socket at the default place; `metamock trigger --port`
     finds it there; the notice is served at once."""
-    port = free_port()
-    with serve_process(port, "--stop-notice", "0") as proc:
+    with serve("--stop-notice", "0") as server:
+        port, proc = server.port, server.proc
         argv = [sys.executable, "-m", "metamock", "trigger"]
         done = subprocess.run(
             [*argv, "spot", "--port", str(port), "--action", "stop", "--in", "60"],

@@ -19,8 +19,6 @@ from metamock.doctor.context import DoctorContext
 from metamock.doctor.report import Check, Status
 from metamock.doctor.runner import GROUPS, Group, run_checks
 from metamock.secrets import Secret
-from metamock.service import Service
-from metamock.settings import Settings
 from metamock.sources import local
 from metamock.sources.base import Credentials, TaskFacts
 from metamock.sources.static import StaticSource
@@ -28,6 +26,7 @@ from tests.doctor_hang import hanging
 from tests.doctor_support import SECRETS, assert_no_secrets, by_name, context
 from tests.fakes.ecs_agent import AUTH_TOKEN, FakeEcsAgent, fargate_env
 from tests.moto_fixture import moto_server
+from tests.servers import running_service
 
 __all__ = ["moto_server"]
 
@@ -193,12 +192,8 @@ def _creds(lifetime: float) -> Credentials:
 async def running_server(creds: Credentials | None, tokens: str = "optional") -> AsyncIterator[int]:
     agent = FakeEcsAgent()
     facts = TaskFacts(agent.task, agent.container, fetched_at=time.time())
-    settings = Settings.load({"port": 0, "host": ["127.0.0.1"], "tokens": tokens, "stop_notice": 0}, {})
-    service = await Service.start(settings, source=StaticSource(facts, creds))
-    try:
+    async with running_service(source=StaticSource(facts, creds), tokens=tokens, stop_notice=0) as service:
         yield service.port
-    finally:
-        await service.stop(stop_notice=False)
 
 
 async def test_server_checks_pass(tmp_path: Path) -> None:

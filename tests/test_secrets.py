@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 import os
@@ -19,7 +18,8 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from tests.ecs_netns import base_env, run_python, start_fake_agent, start_metamo
 from tests.ecs_support import SECRETS, full_env, relative_env
 from tests.fakes.ecs_agent import AUTH_TOKEN, FakeEcsAgent, fargate_env
 from tests.httpraw import request
+from tests.servers import running_service
 
 ACCESS_KEY = "ASIAEXAMPLEEXAMPLE00"
 ROTATED_KEY = "ASIAROTATED000000001"
@@ -66,17 +67,14 @@ def _log_text(records: list[logging.LogRecord]) -> str:
     return "\n".join(parts)
 
 
-@contextlib.asynccontextmanager
-async def ecs_service(env: dict[str, str], agent: FakeEcsAgent, config: Path) -> AsyncIterator[Service]:
+def ecs_service(
+    env: dict[str, str], agent: FakeEcsAgent, config: Path
+) -> AbstractAsyncContextManager[Service]:
     settings = Settings.load({"port": 0, "host": ["127.0.0.1"], "source": "ecs", "config": str(config)}, env)
     source = EcsSource(
         env, clock=SystemClock(), credentials_host=f"127.0.0.1:{agent.port}", role_name="example-task-role"
     )
-    service = await Service.start(settings, source=source, control_socket=False)
-    try:
-        yield service
-    finally:
-        await service.stop(stop_notice=False)
+    return running_service(settings=settings, source=source, control=False)
 
 
 @pytest.mark.parametrize("shape", ["relative", "full"])

@@ -12,12 +12,7 @@ import time
 
 from tests.ecs_netns import base_env
 from tests.httpraw import request
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.servers import free_port
 
 
 def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
