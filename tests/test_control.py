@@ -12,7 +12,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -21,11 +20,11 @@ from metamock import cli
 from metamock.control import ControlServer, choose_path
 from metamock.control_socket import call, find_socket, private_dir, socket_candidates
 from metamock.errors import MetamockError
-from tests.cli_support import assert_one_line_exit_2, cli_env, stop, wait_for_line
+from tests.cli_support import assert_one_line_exit_2, cli_env
 from tests.conftest import make_netns, require_root
 from tests.netns import REPO, NetNS
 from tests.scenarios_support import fetch, get
-from tests.servers import running_service, serve
+from tests.servers import ServeProcess, running_service, serve
 
 
 async def _call(path: Path, request: dict[str, object]) -> dict[str, object]:
@@ -273,14 +272,8 @@ async def test_a_server_refuses_requests_for_another_namespace(tmp_path: Path) -
         await server.close()
 
 
-def _serve_in(ns: NetNS, *extra: str, user: list[str] | None = None) -> subprocess.Popen[Any]:
-    argv = [sys.executable, "-m", "metamock", "serve", "--source", "local", "--host", "127.0.0.1"]
-    proc = ns.popen(
-        [*(user or []), *argv, "--port", "1338", "--stop-notice", "0", *extra],
-        cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    wait_for_line(proc, "serving IMDS")
-    return proc
+def _serve_in(ns: NetNS, *extra: str, user: list[str] | None = None) -> ServeProcess:
+    return serve("--stop-notice", "0", *extra, ns=ns, env=cli_env(), prefix=user or (), ready="log")
 
 
 def _trigger_in(ns: NetNS, *argv: str, user: list[str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -325,7 +318,7 @@ def test_same_port_in_two_namespaces_are_two_servers(two_ns: tuple[NetNS, NetNS]
         status = _trigger_in(second, "--status", "--port", "1338")
         assert (status.returncode, json.loads(status.stdout)) == (0, [])
     finally:
-        assert [stop(proc) for proc in servers] == [0, 0]
+        assert [server.stop() for server in servers] == [0, 0]
 
 
 @pytest.mark.root
@@ -348,7 +341,7 @@ def test_a_stale_socket_is_named_and_then_replaced(two_ns: tuple[NetNS, NetNS]) 
             assert _trigger_in(ns, "spot", "--port", "1338").returncode == 0
             assert _spot_status(ns) == "200"
         finally:
-            assert stop(server) == 0
+            assert server.stop() == 0
         assert not stale.exists()
     finally:
         stale.unlink(missing_ok=True)
@@ -368,7 +361,7 @@ def test_another_users_socket_is_named_not_missing(two_ns: tuple[NetNS, NetNS]) 
         assert_one_line_exit_2(done, "/run/metamock belongs to uid 0 (root)", "permission denied")
         assert _spot_status(ns) == "404"
     finally:
-        assert stop(server) == 0
+        assert server.stop() == 0
     server = _serve_in(other_ns, user=NOBODY)
     try:
         done = _trigger_in(other_ns, "spot", "--port", "1338", user=OTHER)
@@ -377,4 +370,4 @@ def test_another_users_socket_is_named_not_missing(two_ns: tuple[NetNS, NetNS]) 
         assert done.returncode == 0, done.stderr
         assert _spot_status(other_ns) == "200"
     finally:
-        assert stop(server) == 0
+        assert server.stop() == 0
