@@ -223,10 +223,12 @@ def serve(
         stderr = subprocess.PIPE
     argv = [*prefix, *serve_argv(*args, source=source, host=host, port=port)]
     environ = dict(env) if env is not None else serve_env()
-    if ns is None:
-        proc = subprocess.Popen(argv, cwd=REPO, env=environ, stdout=stdout, stderr=stderr, text=True)
-    else:
-        proc = subprocess.Popen(ns.cmd(argv), cwd=REPO, env=environ, stdout=stdout, stderr=stderr, text=True)
+    argv = argv if ns is None else ns.cmd(argv)
+    # errors="replace": a log line is read as text even if a client sent undecodable bytes.
+    proc = subprocess.Popen(
+        argv, cwd=REPO, env=environ, stdout=stdout, stderr=stderr, text=True, errors="replace"
+    )
+    if ns is not None:
         ns.procs.append(proc)  # the namespace's close() kills it too
     server = ServeProcess(proc, port, host or "127.0.0.1", ns)
     try:

@@ -35,8 +35,9 @@ import pytest
 
 from metamock.translate import instance_id
 from tests.conftest import FIXTURES, REPO, NetNS, make_netns, require, require_root
-from tests.ecs_netns import start_fake_agent, wait_until
+from tests.ecs_netns import start_fake_agent
 from tests.fakes.ecs_agent import fargate_env
+from tests.servers import wait_http
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -411,7 +412,7 @@ def test_local_source_and_sts_check_work_with_the_pruned_sdk(fargate: Container)
         stderr=subprocess.DEVNULL,
     )
     assert moto.poll() is None
-    wait_until(fargate.ns, ["curl", "-sf", "-o", "/dev/null", f"http://127.0.0.1:{MOTO_PORT}/moto-api/data.json"], timeout=60)  # fmt: skip
+    wait_http(f"http://127.0.0.1:{MOTO_PORT}/moto-api/data.json", ns=fargate.ns, proc=moto, timeout=60)
     aws = fargate.out / "aws"
     aws.mkdir()
     (aws / "config").write_text("[profile base]\nregion = eu-west-1\n")

@@ -31,11 +31,11 @@ from metamock.errors import MetamockError
 from metamock.service import Service
 from metamock.settings import Settings
 from metamock.sources.ecs import EcsSource
-from tests.conftest import REPO, NetNS
-from tests.ecs_netns import base_env, run_python, start_fake_agent, start_metamock, wait_until
+from tests.ecs_netns import run_python, serve_ecs, start_fake_agent
 from tests.ecs_support import SECRETS, full_env, relative_env
 from tests.fakes.ecs_agent import AUTH_TOKEN, FakeEcsAgent, fargate_env
 from tests.httpraw import request
+from tests.netns import REPO, NetNS, base_env
 from tests.servers import running_service
 
 ACCESS_KEY = "ASIAEXAMPLEEXAMPLE00"
@@ -206,7 +206,7 @@ def test_settings_and_credentials_reprs_mask_secrets() -> None:
 @pytest.mark.parametrize("shape", ["relative", "full"])
 def test_doctor_output_carries_no_secret(netns: NetNS, shape: str) -> None:
     start_fake_agent(netns)
-    start_metamock(netns)
+    serve_ecs(netns)
     env = base_env(**fargate_env(), AWS_EC2_METADATA_SERVICE_ENDPOINT="http://127.0.0.1:1338/")
     if shape == "full":
         del env["AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"]
@@ -258,11 +258,11 @@ def test_serve_at_debug_logs_no_secret(netns: NetNS, tmp_path: Path) -> None:
     config = tmp_path / "metamock.toml"
     config.write_text('[meta-data]\n"instance-type" = "m5.large"\n')
     log_path = tmp_path / "serve.log"
-    argv = [sys.executable, "-m", "metamock", "serve", "-v", "--source", "ecs", "--port", "1338"]
-    argv += ["--stop-notice", "1", "--config", str(config)]
     with log_path.open("wb") as log_file:
-        proc = netns.popen(argv, cwd=REPO, env=base_env(**fargate_env()), stdout=log_file, stderr=log_file)
-    wait_until(netns, [sys.executable, "-m", "metamock", "healthcheck", "--port", "1338"])
+        server = serve_ecs(
+            netns, "-v", "--config", str(config), stop_notice=1, stdout=log_file, stderr=log_file
+        )
+    proc = server.proc
     client = run_python(netns, CLIENT, env=base_env())
     assert client["statuses"] == [200, 200, 200, 401, 401]
     config.write_text("[meta-data\n")
