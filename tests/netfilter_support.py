@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -143,12 +142,3 @@ def metamock_rules(ns: NetNS, backend: str) -> str:
 def assert_golden(name: str, actual: str) -> None:
     """The shared golden check, under tests/golden/netfilter/."""
     golden_files.assert_golden(f"netfilter/{name}", actual)
-
-
-def wait_for(predicate: Any, timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")

@@ -5,7 +5,8 @@
   fixed port outside a namespace).
 - `serve_argv(...)`: `python -m metamock serve ...` as a user types it.
 - `wait_http(url)` / `wait_ready(port)`: until a URL answers 2xx / until `serve` is healthy, the
-  probe run through the namespace when one is given (it has only `lo`: nothing leaves the machine).
+  probe run through the namespace when one is given (it has only `lo`: nothing leaves the machine);
+  `until(probe, what)` for anything else (each fails at once if the watched process exits).
 - `serve(...)`: a `metamock serve` subprocess, ready, as a `ServeProcess` (`.port`, `.proc`,
   `.stop()`, a context manager that kills what is left).
 - `running_service(...)`: the service in this process (async context manager) on 127.0.0.1:<any>,
@@ -78,14 +79,18 @@ def serve_env(**extra: str) -> dict[str, str]:
 # -- waiting ------------------------------------------------------------------------------------
 
 
-def _poll(
-    probe: Callable[[], bool], what: str, *, proc: subprocess.Popen[Any] | None, timeout: float
+def until(
+    probe: Callable[[], object],
+    what: str,
+    *,
+    proc: subprocess.Popen[Any] | None = None,
+    timeout: float = 30.0,
 ) -> None:
     """Until `probe()` is true; fails at once when `proc` exits, or after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"{what}: the server exited with {proc.returncode}")
+            raise AssertionError(f"{what}: the process exited with {proc.returncode}")
         if probe():
             return
         if time.monotonic() > deadline:
@@ -106,10 +111,10 @@ def wait_http(
 ) -> None:
     """Until `url` answers 2xx: from here, or with curl inside `ns`."""
     if ns is None:
-        _poll(lambda: _answers_2xx(url), url, proc=proc, timeout=timeout)
+        until(lambda: _answers_2xx(url), url, proc=proc, timeout=timeout)
         return
-    curl = ["curl", "-sf", "-o", "/dev/null", "-m", "1", url]
-    _poll(lambda: ns.run(curl, timeout=10).returncode == 0, url, proc=proc, timeout=timeout)
+    curl = ["curl", "-sfg", "--noproxy", "*", "-o", "/dev/null", "-m", "1", url]
+    until(lambda: ns.run(curl, timeout=10).returncode == 0, url, proc=proc, timeout=timeout)
 
 
 def wait_ready(
@@ -124,14 +129,14 @@ def wait_ready(
     the instance id with it): its own check from here, the command itself inside `ns`."""
     what = f"metamock serve on {host}:{port}"
     if ns is None:
-        _poll(lambda: healthcheck(host, port, 1.0) is None, what, proc=proc, timeout=timeout)
+        until(lambda: healthcheck(host, port, 1.0) is None, what, proc=proc, timeout=timeout)
         return
     argv = [PY, "-m", "metamock", "healthcheck", "--host", host, "--port", str(port), "--timeout", "1"]
 
     def probe() -> bool:
         return ns.run(argv, cwd=REPO, env=base_env(), timeout=10).returncode == 0
 
-    _poll(probe, what, proc=proc, timeout=timeout)
+    until(probe, what, proc=proc, timeout=timeout)
 
 
 # -- a real `metamock serve` --------------------------------------------------------------------
