@@ -15,7 +15,8 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def fixture_task() -> dict[str, Any]:
-    return json.loads((FIXTURES / "fargate-task.json").read_text())
+    task: dict[str, Any] = json.loads((FIXTURES / "fargate-task.json").read_text())
+    return task
 
 
 def fixture_credentials(now: float | None = None, lifetime: float = 6 * 3600) -> Credentials:

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from tests import golden_files
-from tests.conftest import REPO, NetNS, make_netns
+from tests.conftest import REPO, make_netns
+from tests.netns import NetNS
 
 PORT = 1338
 INSTANCE_ID = "i-0netfilterlisten0"

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, NetNS, require
+from tests.conftest import REPO, require
 from tests.httpraw import RawResponse, request
+from tests.netns import NetNS
 from tests.servers import running_service, serve, wait_http, wait_ready
 
 ROLE = "/latest/meta-data/iam/security-credentials/"

@@ -12,11 +12,12 @@ from collections.abc import Iterator, Mapping
 
 import pytest
 
-from tests.conftest import REPO, NetNS, make_netns
+from tests.conftest import REPO, make_netns
 from tests.doctor_support import assert_no_secrets
 from tests.ecs_netns import start_fake_agent
 from tests.fakes.ecs_agent import fargate_env
 from tests.moto_fixture import start_moto_server
+from tests.netns import NetNS
 from tests.servers import serve
 
 pytestmark = pytest.mark.root

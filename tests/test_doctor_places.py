@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, NetNS, make_netns, require
+from tests.conftest import REPO, make_netns, require
 from tests.doctor_support import assert_no_secrets
 from tests.ecs_netns import start_fake_agent
 from tests.fakes.ecs_agent import fargate_env
+from tests.netns import NetNS
 from tests.servers import wait_ready
 from tests.test_doctor_netns import clean_env
 

@@ -34,9 +34,10 @@ from typing import Any
 import pytest
 
 from metamock.translate import instance_id
-from tests.conftest import FIXTURES, REPO, NetNS, make_netns, require, require_root
+from tests.conftest import FIXTURES, REPO, make_netns, require, require_root
 from tests.ecs_netns import start_fake_agent
 from tests.fakes.ecs_agent import fargate_env
+from tests.netns import NetNS
 from tests.servers import wait_http
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(1800)]

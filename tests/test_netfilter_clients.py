@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import FIXTURES, NetNS, make_netns, require
+from tests.conftest import FIXTURES, make_netns, require
 from tests.ecs_netns import start_fake_agent
 from tests.fakes.ecs_agent import fargate_env
 from tests.netfilter_support import curl, env, metamock, snapshot
+from tests.netns import NetNS
 from tests.servers import serve, wait_http
 
 pytestmark = pytest.mark.root

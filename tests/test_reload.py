@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -219,7 +220,9 @@ def _start_wrk(port: int, *, connections: int, seconds: int) -> subprocess.Popen
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-async def _load(port: int, pid: int, config: Path, *, clients: int, seconds: float, reloads: int) -> dict:
+async def _load(
+    port: int, pid: int, config: Path, *, clients: int, seconds: float, reloads: int
+) -> dict[str, Any]:
     errors: list[str] = []
     versions: set[int] = set()
     requests = 0

@@ -119,8 +119,8 @@ async def test_no_secret_in_any_log_line_or_error(
             rotated = await request(port, "GET", ROLE, {"X-aws-ec2-metadata-token": issued[1]})
             assert b"rotatedSecret" in rotated.body
             for steer in ({"fail": 1}, {"status": 429}, {"status": 403}, {"bad_json": True}):
-                agent.fail_count = {"credentials": steer.get("fail", 0)}  # type: ignore[dict-item]
-                agent.status = {"credentials": steer["status"]} if "status" in steer else {}  # type: ignore[dict-item]
+                agent.fail_count = {"credentials": steer.get("fail", 0)}
+                agent.status = {"credentials": steer["status"]} if "status" in steer else {}
                 agent.bad_json = {"credentials"} if "bad_json" in steer else set()
                 await cache.refresh()
             agent.status, agent.bad_json = {}, set()

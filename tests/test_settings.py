@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,7 +62,7 @@ def test_precedence_flag_env_file_default(tmp_path: Path) -> None:
         ({"task_metadata": "/nonexistent/task.json"}, {}, "--task-metadata"),
     ],
 )
-def test_bad_values_name_the_setting(flags: dict, env: dict, setting: str) -> None:
+def test_bad_values_name_the_setting(flags: dict[str, Any], env: dict[str, str], setting: str) -> None:
     with pytest.raises(SettingsError) as err:
         Settings.load(flags, env)
     assert err.value.setting == setting
