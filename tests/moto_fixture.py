@@ -28,7 +28,7 @@ def moto_server_bin() -> str:
 
 
 def start_moto_server(
-    ns: NetNS | None = None, port: int | None = None
+    ns: NetNS | None = None, port: int | None = None, timeout: float = START_TIMEOUT
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start moto_server (in `ns` when given; `port` default: a free one here, 5000 in `ns`) and
     return (process, URL) once it answers."""
@@ -42,7 +42,7 @@ def start_moto_server(
     else:
         proc = ns.popen(argv, env=env, stdout=quiet, stderr=quiet)
     try:
-        wait_http(f"{url}/moto-api/data.json", ns=ns, proc=proc, timeout=START_TIMEOUT)
+        wait_http(f"{url}/moto-api/data.json", ns=ns, proc=proc, timeout=timeout)
     except BaseException:
         stop_moto_server(proc)
         raise
