@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import time
-from typing import Any
 
 from tests.conftest import CLOSED_PORT_ENDPOINT
 from tests.netns import base_env
@@ -25,26 +23,3 @@ def assert_one_line_exit_2(proc: subprocess.CompletedProcess[str], *needles: str
     assert len(lines) == 1, proc.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
-
-
-def wait_for_line(proc: subprocess.Popen[Any], needle: str, timeout: float = 30.0) -> str:
-    """Read a server's stderr (text mode) until a line holding `needle`; `serve` logs
-    "serving IMDS" once it listens and its control socket is up."""
-    assert proc.stderr is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = str(proc.stderr.readline())  # text mode: str already
-        if needle in line:
-            return line
-        if not line and proc.poll() is not None:
-            break
-    raise AssertionError(f"no {needle!r} from the server (exit {proc.poll()})")
-
-
-def stop(proc: subprocess.Popen[Any]) -> int:
-    """SIGTERM, wait, close the pipe; the exit code."""
-    proc.terminate()
-    code = proc.wait(timeout=15)
-    if proc.stderr is not None:
-        proc.stderr.close()
-    return code

@@ -5,25 +5,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import time
 from typing import Any
 
 from tests.fakes.ecs_agent import fargate_env
 from tests.netns import REPO, NetNS, base_env
-
-PY = sys.executable
-
-
-def wait_until(ns: NetNS, argv: list[str], timeout: float = 20.0, env: dict[str, str] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        proc = ns.run(argv, env=env or base_env(), timeout=10)
-        if proc.returncode == 0:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{argv} never succeeded: {proc.stdout}{proc.stderr}")
-        time.sleep(0.1)
+from tests.servers import PY, Output, ServeProcess, serve, wait_http
 
 
 def start_fake_agent(ns: NetNS, *extra: str) -> subprocess.Popen[bytes]:
@@ -31,22 +17,25 @@ def start_fake_agent(ns: NetNS, *extra: str) -> subprocess.Popen[bytes]:
         [PY, "-m", "tests.fakes.ecs_agent", "--host", "169.254.170.2", "--port", "80", *extra],
         cwd=REPO, env=base_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    wait_until(ns, ["curl", "-sf", "-o", "/dev/null", "http://169.254.170.2/_calls"])
+    wait_http("http://169.254.170.2/_calls", ns=ns, proc=proc, timeout=20)
     return proc
 
 
-def start_metamock(
-    ns: NetNS, *args: str, env_extra: dict[str, str] | None = None, port: int = 1338
-) -> subprocess.Popen[bytes]:
-    """`metamock serve --source ecs` with the Fargate environment, once healthy."""
-    env = base_env(**fargate_env(), **(env_extra or {}))
-    proc = ns.popen(
-        [PY, "-m", "metamock", "serve", "--source", "ecs", "--port", str(port), "--stop-notice", "0", *args],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+def serve_ecs(
+    ns: NetNS,
+    *args: str,
+    host: str | None = None,
+    port: int | None = None,
+    stop_notice: float = 0,
+    stdout: Output = subprocess.DEVNULL,
+    stderr: Output = subprocess.PIPE,
+) -> ServeProcess:
+    """`metamock serve --source ecs --stop-notice N *args` with the Fargate environment in `ns`,
+    once healthy (`port`: default 1338)."""
+    return serve(
+        "--stop-notice", f"{stop_notice:g}", *args, source="ecs", host=host, port=port, ns=ns,
+        env=base_env(**fargate_env()), stdout=stdout, stderr=stderr,
     )  # fmt: skip
-    host = args[args.index("--host") + 1] if "--host" in args else "127.0.0.1"
-    wait_until(ns, [PY, "-m", "metamock", "healthcheck", "--host", host, "--port", str(port)])
-    return proc
 
 
 def agent_calls(ns: NetNS) -> dict[str, int]:

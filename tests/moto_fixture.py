@@ -1,63 +1,51 @@
-"""A real STS-speaking server for tests: moto_server on 127.0.0.1, a free port, one per session.
+"""A real STS-speaking server for tests: moto_server on 127.0.0.1, here (a free port, one per
+session: the `moto_server` fixture) or inside a network namespace (`start_moto_server(ns=...)`).
 
-Use it with `from tests.moto_fixture import moto_server` and a `moto_server: str` argument (the
-URL). Anything that talks to it needs credentials, any will do: moto accepts all of them.
+Use the fixture with `from tests.moto_fixture import moto_server` and a `moto_server: str` argument
+(the URL). Anything that talks to it needs credentials, any will do: moto accepts all of them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-START_TIMEOUT = 30.0
+from tests.netns import NetNS
+from tests.servers import free_port, wait_http
+
+START_TIMEOUT = 40.0
 
 
-def _moto_server_bin() -> str:
+def moto_server_bin() -> str:
     candidate = Path(sys.executable).parent / "moto_server"
     return str(candidate) if candidate.exists() else "/tmp/venv/bin/moto_server"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/moto-api/data.json", timeout=1) as resp:
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def start_moto_server() -> tuple[subprocess.Popen[bytes], str]:
-    """Start moto_server and return (process, URL) once it answers."""
-    port = _free_port()
+def start_moto_server(
+    ns: NetNS | None = None, port: int | None = None, timeout: float = START_TIMEOUT
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start moto_server (in `ns` when given; `port` default: a free one here, 5000 in `ns`) and
+    return (process, URL) once it answers."""
+    port = port or (5000 if ns is not None else free_port())
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    proc = subprocess.Popen(
-        [_moto_server_bin(), "-p", str(port), "-H", "127.0.0.1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    deadline = time.monotonic() + START_TIMEOUT
-    while not _answers(url):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_moto_server(proc)
-            raise RuntimeError(f"moto_server did not start on {url}")
-        time.sleep(0.1)
+    argv = [moto_server_bin(), "-p", str(port), "-H", "127.0.0.1"]
+    quiet = subprocess.DEVNULL
+    if ns is None:
+        proc = subprocess.Popen(argv, env=env, stdout=quiet, stderr=quiet)
+    else:
+        proc = ns.popen(argv, env=env, stdout=quiet, stderr=quiet)
+    try:
+        wait_http(f"{url}/moto-api/data.json", ns=ns, proc=proc, timeout=timeout)
+    except BaseException:
+        stop_moto_server(proc)
+        raise
     return proc, url
 
 

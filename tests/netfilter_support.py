@@ -6,14 +6,14 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from tests import golden_files
-from tests.conftest import REPO, NetNS, make_netns
+from tests.conftest import REPO, make_netns
+from tests.netns import NetNS
 
 PORT = 1338
 INSTANCE_ID = "i-0netfilterlisten0"
@@ -143,12 +143,3 @@ def metamock_rules(ns: NetNS, backend: str) -> str:
 def assert_golden(name: str, actual: str) -> None:
     """The shared golden check, under tests/golden/netfilter/."""
     golden_files.assert_golden(f"netfilter/{name}", actual)
-
-
-def wait_for(predicate: Any, timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")

@@ -29,7 +29,7 @@ class NetNS:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.procs: list[subprocess.Popen[bytes] | subprocess.Popen[str]] = []  # killed by close()
 
     def cmd(self, argv: list[str]) -> list[str]:
         return ["ip", "netns", "exec", self.name, *argv]

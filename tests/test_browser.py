@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, NetNS, require
+from tests.conftest import REPO, require
 from tests.httpraw import RawResponse, request
-from tests.imds_fixtures import running_service
+from tests.netns import NetNS
+from tests.servers import running_service, serve, wait_http, wait_ready
 
 ROLE = "/latest/meta-data/iam/security-credentials/"
 CREDENTIALS = ROLE + "example-task-role"
@@ -121,20 +122,6 @@ def _chromium() -> str:
     return path
 
 
-def _serve(ns: NetNS, port: int) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "metamock", "serve", "--source", "local", "--host", "127.0.0.1"]
-    argv += ["--port", str(port), "--stop-notice", "0"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return ns.popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def _wait_http(ns: NetNS, url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while ns.run(["curl", "-s", "-o", "/dev/null", url], timeout=5).returncode != 0:
-        assert time.monotonic() < deadline, f"{url} never answered"
-        time.sleep(0.1)
-
-
 def _wait_report(out: Path, phase: str, timeout: float) -> dict[str, dict[str, object]]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -154,15 +141,15 @@ def test_a_cross_origin_page_and_dns_rebinding_cannot_read_credentials(netns: Ne
     helper = [sys.executable, "-m", "tests.hardening_browser"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     quiet = {"cwd": REPO, "env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    _serve(netns, METAMOCK)
-    netns.popen([*helper, "collector", "--port", str(COLLECTOR), "--out", str(out)], **quiet)
+    serve("--stop-notice", "0", port=METAMOCK, ns=netns, env=env, ready=None)
+    collector = netns.popen([*helper, "collector", "--port", str(COLLECTOR), "--out", str(out)], **quiet)
     page = netns.popen(
         [*helper, "page", "--port", str(PAGE), "--metamock", str(METAMOCK), "--collector", str(COLLECTOR)],
         **quiet,
     )
-    _wait_http(netns, f"http://127.0.0.1:{METAMOCK}/latest/meta-data/")
-    _wait_http(netns, f"http://127.0.0.1:{COLLECTOR}/cors")
-    _wait_http(netns, f"http://127.0.0.1:{PAGE}/")
+    wait_ready(METAMOCK, ns=netns)
+    wait_http(f"http://127.0.0.1:{COLLECTOR}/cors", ns=netns, proc=collector)
+    wait_http(f"http://127.0.0.1:{PAGE}/", ns=netns, proc=page)
     browser = netns.popen(
         [
             chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -182,7 +169,7 @@ def test_a_cross_origin_page_and_dns_rebinding_cannot_read_credentials(netns: Ne
         # DNS rebinding: the page's own origin now reaches a metamock.
         page.kill()
         page.wait(10)
-        _serve(netns, PAGE)
+        serve("--stop-notice", "0", port=PAGE, ns=netns, env=env, ready=None)
         rebound = _wait_report(out, "rebound", 45)
         print(f"cross-origin: {cross}\nrebound: {rebound}")
         for name in ("put_token", "role_list", "credentials"):

@@ -14,9 +14,10 @@ import pytest
 from metamock import settings
 from metamock.config import LEAF_KEYS
 from metamock.settings import Settings, client_host, endpoint_advice, endpoint_url
-from tests.cli_support import assert_one_line_exit_2, cli_env, wait_for_line
+from tests.cli_support import assert_one_line_exit_2, cli_env
 from tests.conftest import make_netns
 from tests.netns import REPO, NetNS
+from tests.servers import serve, serve_argv
 
 PY = sys.executable
 
@@ -78,13 +79,10 @@ def test_client_commands_stay_standard_library(command: str) -> None:
 
 @pytest.mark.root
 def test_scenario_flag_serves_the_spot_notice(lo_ns: NetNS) -> None:
-    argv = [PY, "-m", "metamock", "serve", "--source", "local", "--host", "127.0.0.1", "--port", "1338"]
-    proc = lo_ns.popen(
-        [*argv, "--stop-notice", "0", "--scenario", "spot:delay=0,action=stop"],
-        cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    server = serve(
+        "--stop-notice", "0", "--scenario", "spot:delay=0,action=stop", ns=lo_ns, env=cli_env(), ready="log"
+    )
     try:
-        wait_for_line(proc, "serving IMDS")
         got = lo_ns.run(
             [
                 "curl",
@@ -98,10 +96,7 @@ def test_scenario_flag_serves_the_spot_notice(lo_ns: NetNS) -> None:
         assert status == "200", got
         assert '"action": "stop"' in body
     finally:
-        proc.terminate()
-        assert proc.wait(timeout=15) == 0
-        assert proc.stderr is not None
-        proc.stderr.close()
+        assert server.stop() == 0
 
 
 @pytest.mark.parametrize(
@@ -114,10 +109,10 @@ def test_scenario_flag_serves_the_spot_notice(lo_ns: NetNS) -> None:
     ],
 )
 def test_a_bad_scenario_flag_is_one_line_and_exit_2(value: str, needle: str) -> None:
-    argv = [PY, "-m", "metamock", "serve", "--source", "local", "--host", "127.0.0.1", "--port", "0"]
     proc = subprocess.run(
-        [*argv, "--scenario", value], env=cli_env(), capture_output=True, text=True, timeout=30, check=False
-    )
+        serve_argv("--scenario", value, port=0), env=cli_env(), capture_output=True, text=True, timeout=30,
+        check=False,
+    )  # fmt: skip
     assert_one_line_exit_2(proc, "metamock serve: " + needle)
 
 
@@ -141,7 +136,7 @@ def test_server_keys_come_from_the_table(tmp_path: Path) -> None:
     config = tmp_path / "metamock.toml"
     config.write_text("[server]\nscenario = 'spot'\n")
     proc = subprocess.run(
-        [PY, "-m", "metamock", "serve", "--config", str(config)], env=cli_env(), capture_output=True,
+        serve_argv("--config", str(config), source=None, host=None), env=cli_env(), capture_output=True,
         text=True, timeout=30, check=False,
     )  # fmt: skip
     expected = ", ".join(sorted(o.file_key for o in settings.options().values() if o.in_file))
@@ -207,9 +202,8 @@ def test_a_config_typo_is_refused_before_listening(tmp_path: Path, case: str) ->
     text, needle = BAD_CONFIGS[case]
     config = tmp_path / "metamock.toml"
     config.write_text(text)
-    argv = [PY, "-m", "metamock", "serve", "--source", "local", "--host", "127.0.0.1", "--port", "0"]
     proc = subprocess.run(
-        [*argv, "--config", str(config)],
+        serve_argv("--config", str(config), port=0),
         env=cli_env(),
         capture_output=True,
         text=True,
@@ -273,18 +267,14 @@ def test_endpoint_advice_and_client_host() -> None:
 def test_the_start_up_line_advises_an_address_it_listens_on(
     lo_ns: NetNS, hosts: list[str], advice: str
 ) -> None:
-    argv = [PY, "-m", "metamock", "serve", "--source", "local", "--port", "1338", "--stop-notice", "0"]
-    proc = lo_ns.popen(
-        [*argv, *hosts], cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    server = serve(
+        "--stop-notice", "0", *hosts, host=None, ns=lo_ns, env=cli_env(), ready=None, stderr=subprocess.PIPE
     )
     try:
-        line = wait_for_line(proc, "serving IMDS")
+        line = server.wait_for_line("serving IMDS")
         assert line.rstrip().endswith(advice), line
         host = "[::1]" if hosts else "127.0.0.1"
         got = lo_ns.run(["curl", "-sf", f"http://{host}:1338/latest/meta-data/instance-id"])
         assert got.returncode == 0 and got.stdout.startswith("i-"), got
     finally:
-        proc.terminate()
-        assert proc.wait(timeout=15) == 0
-        assert proc.stderr is not None
-        proc.stderr.close()
+        assert server.stop() == 0

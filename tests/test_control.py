@@ -12,7 +12,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -21,10 +20,11 @@ from metamock import cli
 from metamock.control import ControlServer, choose_path
 from metamock.control_socket import call, find_socket, private_dir, socket_candidates
 from metamock.errors import MetamockError
-from tests.cli_support import assert_one_line_exit_2, cli_env, stop, wait_for_line
+from tests.cli_support import assert_one_line_exit_2, cli_env
 from tests.conftest import make_netns, require_root
 from tests.netns import REPO, NetNS
-from tests.scenarios_support import fetch, free_port, get, scenario_service, serve_process
+from tests.scenarios_support import fetch, get
+from tests.servers import ServeProcess, running_service, serve
 
 
 async def _call(path: Path, request: dict[str, object]) -> dict[str, object]:
@@ -37,7 +37,7 @@ async def _cli(*argv: str) -> int:
 
 
 async def test_socket_is_0600_and_removed_at_stop(tmp_path: Path) -> None:
-    async with scenario_service(tmp_path) as service:
+    async with running_service(tmp_path) as service:
         assert service.control is not None
         info = service.control.path.stat()
         assert stat.S_ISSOCK(info.st_mode)
@@ -48,7 +48,7 @@ async def test_socket_is_0600_and_removed_at_stop(tmp_path: Path) -> None:
 
 
 async def test_trigger_clear_and_status_through_the_socket(tmp_path: Path) -> None:
-    async with scenario_service(tmp_path) as service, aiohttp.ClientSession() as s:
+    async with running_service(tmp_path) as service, aiohttp.ClientSession() as s:
         path = service.control.path  # type: ignore[union-attr]
         answer = await _call(
             path, {"op": "trigger", "scenario": "spot", "options": {"action": "stop", "in": 60}}
@@ -71,7 +71,7 @@ async def test_trigger_clear_and_status_through_the_socket(tmp_path: Path) -> No
 
 
 async def test_metamock_trigger_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    async with scenario_service(tmp_path) as service, aiohttp.ClientSession() as s:
+    async with running_service(tmp_path) as service, aiohttp.ClientSession() as s:
         sock = str(service.control.path)  # type: ignore[union-attr]
         assert await _cli("spot", "--socket", sock, "--action", "hibernate", "--in", "30") == 0
         printed = json.loads(capsys.readouterr().out)
@@ -100,7 +100,7 @@ async def test_trigger_finds_the_socket_from_the_port(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    async with scenario_service(tmp_path) as service:
+    async with running_service(tmp_path) as service:
         # A second socket at the default place for this port, as `serve` creates it.
         default = choose_path(service.port, {"XDG_RUNTIME_DIR": str(tmp_path)})
         extra = ControlServer(default, lambda request: {"ok": True, "triggered": {"via": "default"}})
@@ -124,7 +124,7 @@ async def test_bad_cli_usage_exits_2_and_no_server_exits_1(
 
 
 async def test_bad_requests_are_answered_and_change_nothing(tmp_path: Path) -> None:
-    async with scenario_service(tmp_path) as service:
+    async with running_service(tmp_path) as service:
         path = service.control.path  # type: ignore[union-attr]
         reader, writer = await asyncio.open_unix_connection(str(path))
         answers = []
@@ -193,7 +193,7 @@ def test_default_paths_and_private_directories(tmp_path: Path) -> None:
 async def test_another_user_cannot_connect(tmp_path: Path) -> None:
     require_root()
     tmp_path.chmod(0o755)  # let the other user reach the directory: only the socket's mode stops it
-    async with scenario_service(tmp_path) as service:
+    async with running_service(tmp_path) as service:
         path = service.control.path  # type: ignore[union-attr]
         probe = (
             "import socket, sys\n"
@@ -212,8 +212,8 @@ async def test_another_user_cannot_connect(tmp_path: Path) -> None:
 def test_trigger_reaches_a_real_serve_by_its_port() -> None:
     """End to end: `metamock serve` makes its socket at the default place; `metamock trigger --port`
     finds it there; the notice is served at once."""
-    port = free_port()
-    with serve_process(port, "--stop-notice", "0") as proc:
+    with serve("--stop-notice", "0") as server:
+        port, proc = server.port, server.proc
         argv = [sys.executable, "-m", "metamock", "trigger"]
         done = subprocess.run(
             [*argv, "spot", "--port", str(port), "--action", "stop", "--in", "60"],
@@ -272,14 +272,8 @@ async def test_a_server_refuses_requests_for_another_namespace(tmp_path: Path) -
         await server.close()
 
 
-def _serve_in(ns: NetNS, *extra: str, user: list[str] | None = None) -> subprocess.Popen[Any]:
-    argv = [sys.executable, "-m", "metamock", "serve", "--source", "local", "--host", "127.0.0.1"]
-    proc = ns.popen(
-        [*(user or []), *argv, "--port", "1338", "--stop-notice", "0", *extra],
-        cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    wait_for_line(proc, "serving IMDS")
-    return proc
+def _serve_in(ns: NetNS, *extra: str, user: list[str] | None = None) -> ServeProcess:
+    return serve("--stop-notice", "0", *extra, ns=ns, env=cli_env(), prefix=user or (), ready="log")
 
 
 def _trigger_in(ns: NetNS, *argv: str, user: list[str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -324,7 +318,7 @@ def test_same_port_in_two_namespaces_are_two_servers(two_ns: tuple[NetNS, NetNS]
         status = _trigger_in(second, "--status", "--port", "1338")
         assert (status.returncode, json.loads(status.stdout)) == (0, [])
     finally:
-        assert [stop(proc) for proc in servers] == [0, 0]
+        assert [server.stop() for server in servers] == [0, 0]
 
 
 @pytest.mark.root
@@ -347,7 +341,7 @@ def test_a_stale_socket_is_named_and_then_replaced(two_ns: tuple[NetNS, NetNS]) 
             assert _trigger_in(ns, "spot", "--port", "1338").returncode == 0
             assert _spot_status(ns) == "200"
         finally:
-            assert stop(server) == 0
+            assert server.stop() == 0
         assert not stale.exists()
     finally:
         stale.unlink(missing_ok=True)
@@ -367,7 +361,7 @@ def test_another_users_socket_is_named_not_missing(two_ns: tuple[NetNS, NetNS]) 
         assert_one_line_exit_2(done, "/run/metamock belongs to uid 0 (root)", "permission denied")
         assert _spot_status(ns) == "404"
     finally:
-        assert stop(server) == 0
+        assert server.stop() == 0
     server = _serve_in(other_ns, user=NOBODY)
     try:
         done = _trigger_in(other_ns, "spot", "--port", "1338", user=OTHER)
@@ -376,4 +370,4 @@ def test_another_users_socket_is_named_not_missing(two_ns: tuple[NetNS, NetNS]) 
         assert done.returncode == 0, done.stderr
         assert _spot_status(other_ns) == "200"
     finally:
-        assert stop(server) == 0
+        assert server.stop() == 0

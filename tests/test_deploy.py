@@ -32,7 +32,7 @@ DEPLOY_DOC = REPO / "docs" / "deploy.md"
 CFN_LINT_FAILED = 1 | 2
 
 
-class _CfnLoader(yaml.SafeLoader):
+class _CfnLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML is untyped here (no types-PyYAML)
     """YAML with CloudFormation's short-form intrinsics (`!Ref X` -> {"Ref": "X"}, `!Sub` -> Fn::Sub)."""
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 
 import pytest
 
 from metamock.cli import main
+from tests.servers import free_port
 
 
 class Tty(io.StringIO):
@@ -16,14 +16,8 @@ class Tty(io.StringIO):
         return True
 
 
-def _closed_port() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return str(sock.getsockname()[1])
-
-
 def test_json_and_exit_code_without_a_server(capsys: pytest.CaptureFixture[str]) -> None:
-    port = _closed_port()
+    port = str(free_port())
     assert main(["doctor", "--json", "--offline", "--port", port]) == 1
     checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
     assert checks["server"]["status"] == "fail"
@@ -32,7 +26,7 @@ def test_json_and_exit_code_without_a_server(capsys: pytest.CaptureFixture[str])
 
 
 def test_port_from_metamock_port(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    port = _closed_port()
+    port = str(free_port())
     monkeypatch.setenv("METAMOCK_PORT", port)
     main(["doctor", "--json", "--offline"])
     assert f"127.0.0.1:{port}" in capsys.readouterr().out
@@ -51,10 +45,10 @@ def test_bad_port_is_a_settings_error(
 def test_colour_on_a_tty_unless_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
     tty = Tty()
     monkeypatch.setattr("sys.stdout", tty)
-    main(["doctor", "--offline", "--port", _closed_port()])
+    main(["doctor", "--offline", "--port", str(free_port())])
     assert "\033[31;1mfail\033[0m" in tty.getvalue()
     monkeypatch.setenv("NO_COLOR", "1")
     tty = Tty()
     monkeypatch.setattr("sys.stdout", tty)
-    main(["doctor", "--offline", "--port", _closed_port()])
+    main(["doctor", "--offline", "--port", str(free_port())])
     assert "\033[" not in tty.getvalue()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -19,8 +18,6 @@ from metamock.doctor.context import DoctorContext
 from metamock.doctor.report import Check, Status
 from metamock.doctor.runner import GROUPS, Group, run_checks
 from metamock.secrets import Secret
-from metamock.service import Service
-from metamock.settings import Settings
 from metamock.sources import local
 from metamock.sources.base import Credentials, TaskFacts
 from metamock.sources.static import StaticSource
@@ -28,6 +25,7 @@ from tests.doctor_hang import hanging
 from tests.doctor_support import SECRETS, assert_no_secrets, by_name, context
 from tests.fakes.ecs_agent import AUTH_TOKEN, FakeEcsAgent, fargate_env
 from tests.moto_fixture import moto_server
+from tests.servers import free_port, running_service
 
 __all__ = ["moto_server"]
 
@@ -49,12 +47,6 @@ async def agent() -> AsyncIterator[FakeEcsAgent]:
         yield fake
     finally:
         await fake.stop()
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def pod_identity_env(agent: FakeEcsAgent) -> dict[str, str]:
@@ -98,7 +90,7 @@ async def test_tmde_fails_on_bad_answers(
 
 
 async def test_tmde_unreachable_fails(tmp_path: Path) -> None:
-    checks = await _run(ecs.checks, context(fargate_env("127.0.0.1", _closed_port()), tmp_path))
+    checks = await _run(ecs.checks, context(fargate_env("127.0.0.1", free_port()), tmp_path))
     assert checks["tmde"].status is Status.FAIL
     assert "connection refused" in checks["tmde"].detail
 
@@ -193,12 +185,8 @@ def _creds(lifetime: float) -> Credentials:
 async def running_server(creds: Credentials | None, tokens: str = "optional") -> AsyncIterator[int]:
     agent = FakeEcsAgent()
     facts = TaskFacts(agent.task, agent.container, fetched_at=time.time())
-    settings = Settings.load({"port": 0, "host": ["127.0.0.1"], "tokens": tokens, "stop_notice": 0}, {})
-    service = await Service.start(settings, source=StaticSource(facts, creds))
-    try:
+    async with running_service(source=StaticSource(facts, creds), tokens=tokens, stop_notice=0) as service:
         yield service.port
-    finally:
-        await service.stop(stop_notice=False)
 
 
 async def test_server_checks_pass(tmp_path: Path) -> None:
@@ -227,7 +215,7 @@ async def test_server_without_credentials_fails_role(tmp_path: Path) -> None:
 
 
 async def test_nothing_listening_fails_and_skips_the_rest(tmp_path: Path) -> None:
-    checks = await _run(server.checks, context({}, tmp_path, port=_closed_port()))
+    checks = await _run(server.checks, context({}, tmp_path, port=free_port()))
     assert checks["server"].status is Status.FAIL
     assert checks["server"].detail.startswith("nothing listens on 127.0.0.1:")
     assert {c.status for n, c in checks.items() if n != "server"} == {Status.SKIP}
@@ -282,7 +270,7 @@ async def test_sts_skips_metamocks_own_fake_credentials(tmp_path: Path) -> None:
         role_arn=f"arn:aws:iam::123456789012:role/{local.LOCAL_ROLE_NAME}",
     )
     async with running_server(fake) as port:
-        env = {"AWS_ENDPOINT_URL_STS": f"http://127.0.0.1:{_closed_port()}"}  # would fail if asked
+        env = {"AWS_ENDPOINT_URL_STS": f"http://127.0.0.1:{free_port()}"}  # would fail if asked
         checks = await _run(sts.checks, context(env, tmp_path, port=port))
     assert checks["sts"].status is Status.SKIP, checks["sts"]
     assert "metamock's own fake credentials" in checks["sts"].detail
@@ -290,7 +278,7 @@ async def test_sts_skips_metamocks_own_fake_credentials(tmp_path: Path) -> None:
 
 
 async def test_sts_unreachable_fails_and_offline_skips(agent: FakeEcsAgent, tmp_path: Path) -> None:
-    env = {**pod_identity_env(agent), "AWS_ENDPOINT_URL_STS": f"http://127.0.0.1:{_closed_port()}"}
+    env = {**pod_identity_env(agent), "AWS_ENDPOINT_URL_STS": f"http://127.0.0.1:{free_port()}"}
     checks = await _run(sts.checks, context(env, tmp_path))
     assert checks["sts"].status is Status.FAIL
     assert "--offline" in checks["sts"].fix

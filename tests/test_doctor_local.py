@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from metamock.doctor import environment, place, process, proxy, redirect
-from metamock.doctor.report import Status
+from metamock.doctor.report import Check, Status
 from tests.doctor_support import NO_CAPS, assert_no_secrets, context, fake_proc
 from tests.fakes.ecs_agent import AUTH_TOKEN, fargate_env
 
@@ -201,7 +201,7 @@ def test_proxy_https_only_warns(tmp_path: Path) -> None:
 
 async def test_without_net_admin_only_the_endpoint_variable_counts(tmp_path: Path) -> None:
     proc = fake_proc(tmp_path, cap_eff=NO_CAPS)
-    out: list = []
+    out: list[Check] = []
     ctx = context({"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:1338/"}, tmp_path, proc_root=proc)
     await redirect.checks(ctx, out)
     assert [(c.name, c.status) for c in out] == [

@@ -12,10 +12,13 @@ from collections.abc import Iterator, Mapping
 
 import pytest
 
-from tests.conftest import REPO, NetNS, make_netns
+from tests.conftest import REPO, make_netns
 from tests.doctor_support import assert_no_secrets
+from tests.ecs_netns import start_fake_agent
 from tests.fakes.ecs_agent import fargate_env
-from tests.moto_fixture import _moto_server_bin
+from tests.moto_fixture import start_moto_server
+from tests.netns import NetNS
+from tests.servers import serve
 
 pytestmark = pytest.mark.root
 
@@ -36,16 +39,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     env.update(AWS_CONFIG_FILE="/nonexistent", AWS_SHARED_CREDENTIALS_FILE="/nonexistent", NO_COLOR="1")
     env.update(extra)
     return env
-
-
-def wait_http(ns: NetNS, url: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        res = ns.run(["curl", "-s", "-o", "/dev/null", "-m", "1", "-w", "%{http_code}", url], timeout=5)
-        if res.stdout.strip() not in {"", "000"}:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{url} did not come up in the namespace")
 
 
 def doctor(
@@ -74,31 +67,13 @@ def task_ns() -> Iterator[NetNS]:
     """One task-shaped namespace for the module: fake ECS agent, metamock serve, moto_server."""
     ns = make_netns()
     try:
-        env = clean_env(**fargate_env())
-        ns.popen(
-            [PY, "-m", "tests.fakes.ecs_agent", "--host", "169.254.170.2", "--port", "80"],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.DEVNULL,
+        start_fake_agent(ns)
+        start_moto_server(ns, MOTO_PORT)
+        server = serve(
+            "--stop-notice", "0", source="ecs", host=None, port=PORT, ns=ns, env=clean_env(**fargate_env())
         )
-        ns.popen(
-            [_moto_server_bin(), "-p", str(MOTO_PORT), "-H", "127.0.0.1"],
-            env=clean_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_http(ns, "http://169.254.170.2/_calls")
-        serve = ns.popen(
-            [PY, "-m", "metamock", "serve", "--source", "ecs", "--port", str(PORT), "--stop-notice", "0"],
-            cwd=REPO,
-            env=env,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_http(ns, f"http://127.0.0.1:{PORT}/latest/meta-data/")
-        wait_http(ns, f"http://127.0.0.1:{MOTO_PORT}/moto-api/data.json", timeout=30)
         yield ns
-        serve.terminate()  # a graceful stop removes the server's control socket
-        serve.wait(timeout=10)
+        server.stop(timeout=10)  # a graceful stop removes the server's control socket
     finally:
         ns.close()
 

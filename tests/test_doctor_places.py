@@ -14,10 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, NetNS, make_netns, require
+from tests.conftest import REPO, make_netns, require
 from tests.doctor_support import assert_no_secrets
+from tests.ecs_netns import start_fake_agent
 from tests.fakes.ecs_agent import fargate_env
-from tests.test_doctor_netns import clean_env, wait_http
+from tests.netns import NetNS
+from tests.servers import wait_ready
+from tests.test_doctor_netns import clean_env
 
 pytestmark = pytest.mark.root
 
@@ -52,13 +55,7 @@ def fargate_task() -> Iterator[tuple[NetNS, int]]:
     ns = make_netns()
     try:
         env = clean_env(**fargate_env())
-        ns.popen(
-            [PY, "-m", "tests.fakes.ecs_agent", "--host", "169.254.170.2", "--port", "80"],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.DEVNULL,
-        )
-        wait_http(ns, "http://169.254.170.2/_calls")
+        start_fake_agent(ns)
         sidecar = ns.popen(
             [*FARGATE_CAPS, *IN_PIDNS, PY, "-m", "metamock", "sidecar", "--source", "ecs", *SIDECAR_OPTS],
             cwd=REPO,
@@ -69,7 +66,7 @@ def fargate_task() -> Iterator[tuple[NetNS, int]]:
         while not (pids := children_of(sidecar.pid)):
             assert time.monotonic() < deadline, "unshare did not fork"
             time.sleep(0.02)
-        wait_http(ns, f"http://127.0.0.1:{PORT}/latest/meta-data/")
+        wait_ready(PORT, sidecar, ns)
         yield ns, pids[0]
     finally:
         ns.close()

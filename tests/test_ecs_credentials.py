@@ -79,7 +79,13 @@ async def test_refresh_ahead_of_expiry_and_rotation(
     agent: FakeEcsAgent, make_cache: MakeCache, sleeper: SteppedSleep, clock: ManualClock
 ) -> None:
     changes: list[str] = []
-    cache = make_cache(on_change=lambda: changes.append(cache.current().access_key_id))  # type: ignore[union-attr]
+
+    def on_change() -> None:
+        current = cache.current()
+        assert current is not None
+        changes.append(current.access_key_id)
+
+    cache = make_cache(on_change=on_change)
     first = await cache.refresh()
     assert first is not None
     cache.start()

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,11 +18,11 @@ from metamock.settings import ConfigFile
 from metamock.sources.base import TaskFacts
 from metamock.translate import build_tree
 from tests.conftest import FIXTURES, REPO
-from tests.ecs_netns import start_fake_agent
+from tests.ecs_netns import serve_ecs, start_fake_agent
 from tests.fakes.ecs_agent import fargate_env
 from tests.netns import NetNS, base_env
+from tests.servers import serve_argv
 
-PY = sys.executable
 TASK: dict[str, Any] = json.loads((FIXTURES / "fargate-task.json").read_text())
 # One value of every JSON type, and the shapes that broke translation or the tree.
 VALUES: list[Any] = [None, 0, 7, 1.5, True, "", "x", "a/b", [], [1], ["10.0.0.1"], {}, {"a/b": 1}, {"k": "v"}]
@@ -129,7 +127,7 @@ def test_serve_ecs_refuses_a_malformed_task_document_in_one_line(
     start_fake_agent(netns, "--task", str(doc))
     began = time.monotonic()
     result = netns.run(
-        [PY, "-m", "metamock", "serve", "--source", "ecs", "--port", "1338", "--stop-notice", "0"],
+        serve_argv("--stop-notice", "0", source="ecs", host=None, port=1338),
         env=base_env(**fargate_env()), cwd=REPO, timeout=60,
     )  # fmt: skip
     took = time.monotonic() - began
@@ -148,15 +146,5 @@ def test_serve_ecs_refuses_a_malformed_task_document_in_one_line(
 @pytest.mark.root
 def test_serve_ecs_with_a_good_document_still_serves(netns: NetNS) -> None:
     start_fake_agent(netns)
-    proc = netns.popen(
-        [PY, "-m", "metamock", "serve", "--source", "ecs", "--port", "1338", "--stop-notice", "0"],
-        env=base_env(**fargate_env()), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while netns.run([PY, "-m", "metamock", "healthcheck", "--port", "1338"], env=base_env()).returncode:
-            assert proc.poll() is None and time.monotonic() < deadline, "never became healthy"
-            time.sleep(0.1)
-    finally:
-        proc.terminate()
-        assert proc.wait(timeout=30) == 0
+    server = serve_ecs(netns)  # fails unless healthy within 30 s
+    assert server.stop(timeout=30) == 0

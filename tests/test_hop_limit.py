@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import require_root
 from tests.httpraw import request
-from tests.imds_fixtures import running_service
+from tests.servers import running_service
 
 ETH_P_ALL = 0x0003
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -19,20 +18,8 @@ from hypothesis import strategies as st
 from metamock.imds.limits import ConnectionLimits, LimitedServer, default_max_connections
 from metamock.imds.server import ImdsHandler, make_server
 from metamock.service import Service
-from tests.hardening_support import (
-    HEALTH,
-    ErrorRecords,
-    ServiceThread,
-    exchange,
-    free_port,
-    healthy,
-    rss_kb,
-    service_thread,
-    spawn_serve,
-    statuses,
-    wait_ready,
-)
-from tests.imds_fixtures import running_service
+from tests.hardening_support import HEALTH, ErrorRecords, exchange, healthy, rss_kb, statuses
+from tests.servers import ServiceThread, running_service, serve, service_thread
 
 ROLE = "/latest/meta-data/iam/security-credentials/example-task-role"
 FUZZ = settings(
@@ -342,22 +329,12 @@ def _burst(port: int, rounds: int, seed: int) -> None:
 
 @pytest.mark.slow
 def test_memory_stays_flat_under_a_hostile_burst(tmp_path: object) -> None:
-    port = free_port()
-    proc = spawn_serve(port)
-    try:
-        wait_ready(port, proc)
-        _burst(port, 200, 0)  # warm: caches, allocator arenas, the identity key
-        before = rss_kb(proc.pid)
-        _burst(port, 1500, 1)
-        after = rss_kb(proc.pid)
-        assert healthy(port)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with serve("--stop-notice", "0") as server:  # killed at the end
+        _burst(server.port, 200, 0)  # warm: caches, allocator arenas, the identity key
+        before = rss_kb(server.pid)
+        _burst(server.port, 1500, 1)
+        after = rss_kb(server.pid)
+        assert healthy(server.port)
     growth_mb = (after - before) / 1024
     print(f"RSS {before / 1024:.1f} MB -> {after / 1024:.1f} MB after 1500 hostile rounds")
     assert growth_mb < 5, f"RSS grew {growth_mb:.1f} MB"

@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,9 +33,11 @@ from typing import Any
 import pytest
 
 from metamock.translate import instance_id
-from tests.conftest import FIXTURES, REPO, NetNS, make_netns, require, require_root
-from tests.ecs_netns import start_fake_agent, wait_until
+from tests.conftest import FIXTURES, REPO, make_netns, require, require_root
+from tests.ecs_netns import start_fake_agent
 from tests.fakes.ecs_agent import fargate_env
+from tests.moto_fixture import start_moto_server
+from tests.netns import NetNS
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -412,13 +413,8 @@ def test_local_source_and_sts_check_work_with_the_pruned_sdk(fargate: Container)
     """`serve --source local --profile P --role-arn R` (botocore's credential chain, then
     AssumeRole through aiobotocore) and doctor's STS check (botocore), in the image, against moto
     in the task's namespace."""
-    moto = fargate.ns.popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-p", str(MOTO_PORT), "-H", "127.0.0.1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    moto, _ = start_moto_server(fargate.ns, MOTO_PORT, timeout=60)
     assert moto.poll() is None
-    wait_until(fargate.ns, ["curl", "-sf", "-o", "/dev/null", f"http://127.0.0.1:{MOTO_PORT}/moto-api/data.json"], timeout=60)  # fmt: skip
     aws = fargate.out / "aws"
     aws.mkdir()
     (aws / "config").write_text("[profile base]\nregion = eu-west-1\n")

@@ -12,7 +12,8 @@ import pytest
 from metamock.clock import ManualClock
 from metamock.settings import ConfigFile
 from tests.httpraw import request
-from tests.imds_fixtures import fixture_credentials, fixture_source, running_service
+from tests.imds_fixtures import fixture_credentials, fixture_source
+from tests.servers import running_service
 
 TTL = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN = "X-aws-ec2-metadata-token"

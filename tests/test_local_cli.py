@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 
 from metamock.clock import parse_iso
-from tests.hardening_support import free_port, spawn_serve, wait_ready
 from tests.httpraw import request
+from tests.servers import serve, serve_env
 
 KEY, SECRET = "AKIAMETAMOCKCLIBASE1", "cli/secret/from/the/profile/file/00000000"
 ROLE_PATH = "/latest/meta-data/iam/security-credentials/metamock-local"
@@ -27,11 +27,10 @@ def aws_files(tmp_path: Path) -> dict[str, str]:
 
 
 async def test_static_keys_served_with_a_synthetic_expiry(tmp_path: Path) -> None:
-    port = free_port()
-    proc = spawn_serve(port, env=aws_files(tmp_path), stderr=subprocess.PIPE)
+    server = serve("--stop-notice", "0", env=serve_env(**aws_files(tmp_path)), stderr=subprocess.PIPE)
+    proc = server.proc
     try:
-        wait_ready(port, proc)
-        resp = await request(port, "GET", ROLE_PATH)
+        resp = await request(server.port, "GET", ROLE_PATH)
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
@@ -39,7 +38,7 @@ async def test_static_keys_served_with_a_synthetic_expiry(tmp_path: Path) -> Non
     doc = json.loads(resp.body)
     assert (doc["AccessKeyId"], doc["SecretAccessKey"], doc["Token"]) == (KEY, SECRET, "")
     assert parse_iso(doc["Expiration"]) - parse_iso(doc["LastUpdated"]) == 6 * 3600
-    log = err.decode()
+    log = err
     assert proc.returncode == 0, log
     # One fetch at start, logged once by the source (which provider) and once by the cache.
     assert log.count("credentials via shared-credentials-file (key ****ASE1)") == 1
@@ -49,10 +48,12 @@ async def test_static_keys_served_with_a_synthetic_expiry(tmp_path: Path) -> Non
 
 
 def test_unknown_profile_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    port = free_port()
-    proc = spawn_serve(port, "--profile", "nope", env=aws_files(tmp_path),
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    server = serve(
+        "--stop-notice", "0", "--profile", "nope", env=serve_env(**aws_files(tmp_path)), ready=None,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    proc = server.proc
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 2
     # The first fetch's error is the start's error: not also logged as a renewal to retry.
-    assert out.decode().splitlines() == ["metamock serve: --profile: profile 'nope' not found"]
+    assert out.splitlines() == ["metamock serve: --profile: profile 'nope' not found"]

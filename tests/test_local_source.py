@@ -23,6 +23,7 @@ from metamock.sources.local import LocalSource
 from tests.ecs_support import SteppedSleep
 from tests.golden_files import assert_golden
 from tests.moto_fixture import moto_server, start_moto_server, stop_moto_server
+from tests.servers import running_service
 
 __all__ = ["moto_server"]  # a fixture, imported to be used by name
 
@@ -232,15 +233,13 @@ async def test_reads_are_pure(profile_env: dict[str, str], source_factory: Any) 
 
 async def test_one_rebuild_builds_one_tree(profile_env: dict[str, str]) -> None:
     """The service's rebuild reads the credentials; a read must not call it back (re-entry)."""
-    from metamock.service import Service
     from metamock.settings import Settings
 
     clock = ManualClock()
     sleeper = SteppedSleep(clock)
     src = LocalSource(environ=profile_env, clock=clock, sleep=sleeper)
     settings = Settings.load({"port": 0, "host": ["127.0.0.1"], "source": "local"}, profile_env)
-    service = await Service.start(settings, clock=clock, source=src, control_socket=False)
-    try:
+    async with running_service(settings=settings, clock=clock, source=src) as service:
         await sleeper.wait_parked(LOOP)
         builds: list[int] = []
         depth = 0
@@ -265,8 +264,6 @@ async def test_one_rebuild_builds_one_tree(profile_env: dict[str, str]) -> None:
         await sleeper.step(LOOP)  # the cache re-dates them: one change, one rebuild
         assert builds == [1, 1]
         assert service.tree is not None
-    finally:
-        await service.stop(stop_notice=False)
 
 
 async def test_a_failed_rebuild_is_logged_as_one(

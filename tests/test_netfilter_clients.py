@@ -15,9 +15,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import FIXTURES, REPO, NetNS, make_netns, require
+from tests.conftest import FIXTURES, make_netns, require
+from tests.ecs_netns import start_fake_agent
 from tests.fakes.ecs_agent import fargate_env
-from tests.netfilter_support import curl, env, metamock, snapshot, wait_for
+from tests.netfilter_support import curl, env, metamock, snapshot
+from tests.netns import NetNS
+from tests.servers import serve, wait_http
 
 pytestmark = pytest.mark.root
 
@@ -27,7 +30,7 @@ IMDS = "http://169.254.169.254/latest/meta-data"
 @dataclass
 class Served:
     ns: NetNS
-    server: subprocess.Popen[bytes]
+    server: subprocess.Popen[str]
     before: dict[str, str]
     instance_id: str
 
@@ -43,36 +46,15 @@ def _client_env() -> dict[str, str]:
 def served() -> Iterator[Served]:
     ns = make_netns(imds_routes=False)
     try:
-        ns.popen(
-            [sys.executable, "-m", "tests.fakes.ecs_agent", "--host", "169.254.170.2", "--port", "80"],
-            cwd=REPO,
-        )
-        wait_for(lambda: curl(ns, "http://169.254.170.2/_calls").returncode == 0, what="fake ECS agent")
+        start_fake_agent(ns)
         before = snapshot(ns)
-        server = ns.popen(
-            [
-                sys.executable,
-                "-m",
-                "metamock",
-                "serve",
-                "--source",
-                "ecs",
-                "--port",
-                "1338",
-                "--netfilter",
-                "--stop-notice",
-                "0",
-            ],
-            env={**env(), **fargate_env()},
-            cwd=REPO,
-        )
-        wait_for(
-            lambda: curl(ns, f"{IMDS}/instance-id").returncode == 0 or server.poll() is not None,
-            what="metamock serve behind the redirect",
-        )
-        assert server.poll() is None, "metamock serve exited"
+        server = serve(
+            "--netfilter", "--stop-notice", "0", source="ecs", host=None, ns=ns, env={**env(), **fargate_env()},
+            ready=None,
+        )  # fmt: skip
+        wait_http(f"{IMDS}/instance-id", ns=ns, proc=server.proc)  # fails if serve exits
         direct = curl(ns, "http://127.0.0.1:1338/latest/meta-data/instance-id")
-        yield Served(ns, server, before, direct.stdout)
+        yield Served(ns, server.proc, before, direct.stdout)
     finally:
         ns.close()
 

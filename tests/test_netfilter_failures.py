@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, NetNS
+from tests.conftest import REPO
 from tests.netfilter_support import (
     BACKENDS,
     INSTANCE_ID,
@@ -23,6 +23,7 @@ from tests.netfilter_support import (
     ruleset,
     snapshot,
 )
+from tests.netns import NetNS
 
 pytestmark = pytest.mark.root
 

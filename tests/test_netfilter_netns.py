@@ -11,7 +11,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import NetNS
 from tests.netfilter_support import (
     BACKENDS,
     INSTANCE_ID,
@@ -25,6 +24,7 @@ from tests.netfilter_support import (
     ruleset,
     snapshot,
 )
+from tests.netns import NetNS
 
 pytestmark = pytest.mark.root
 

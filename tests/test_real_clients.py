@@ -11,17 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import NetNS, make_netns
-from tests.ecs_netns import (
-    PY,
-    REPO,
-    agent_calls,
-    base_env,
-    run_python,
-    start_fake_agent,
-    start_metamock,
-    wait_until,
-)
+from tests.conftest import make_netns
+from tests.ecs_netns import agent_calls, run_python, serve_ecs, start_fake_agent
+from tests.moto_fixture import start_moto_server
+from tests.netns import REPO, NetNS, base_env
+from tests.servers import PY
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 CREDS = json.loads((REPO / "tests" / "fixtures" / "credentials.json").read_text())
@@ -34,7 +28,7 @@ def task_ns() -> Iterator[NetNS]:
     ns = make_netns()
     try:
         start_fake_agent(ns)
-        start_metamock(ns)
+        serve_ecs(ns)
         yield ns
     finally:
         ns.close()
@@ -79,13 +73,7 @@ def test_aws_cli_subprocess_signs_with_iam_role_credentials(task_ns: NetNS) -> N
     assert "iam-role" in row
     assert CREDS["AccessKeyId"][-4:] in row
     # A signed call with those credentials, to a real STS-speaking server in the same namespace.
-    moto = task_ns.popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-p", "5000", "-H", "127.0.0.1"],
-        env=base_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    wait_until(
-        task_ns, ["curl", "-sf", "-o", "/dev/null", "http://127.0.0.1:5000/moto-api/data.json"], timeout=40
-    )
+    moto, _ = start_moto_server(task_ns, 5000)
     ident = task_ns.run(
         [aws, "sts", "get-caller-identity", "--endpoint-url", "http://127.0.0.1:5000", "--region", "us-west-2", "--output", "json"],
         env=client_env(),
@@ -101,7 +89,7 @@ def test_pypi_ec2_metadata_reads_identity_through_the_fixed_address() -> None:
     try:
         subprocess.run(ns.cmd(["ip", "addr", "add", "169.254.169.254/32", "dev", "lo"]), check=True)
         start_fake_agent(ns)
-        start_metamock(ns, "--host", "169.254.169.254", "--allow-remote", port=80)
+        serve_ecs(ns, "--allow-remote", host="169.254.169.254", port=80)
         code = """
 import json
 from ec2_metadata import ec2_metadata as m

@@ -11,12 +11,14 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
 from metamock.imds.tree import Tree
-from tests.scenarios_support import fetch, free_port, get, scenario_service, serve_process
+from tests.scenarios_support import fetch, get
+from tests.servers import running_service, serve
 
 TAGS = [f"t{n}" for n in range(5)]
 
@@ -64,7 +66,7 @@ def consistent(tree: Tree) -> int:
 async def test_reload_swaps_whole_trees_and_rejects_a_bad_config(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with scenario_service(tmp_path, config=versioned(0)) as service, aiohttp.ClientSession() as s:
+    async with running_service(tmp_path, config=versioned(0)) as service, aiohttp.ClientSession() as s:
         trees: list[Tree] = []
         service.on_rebuild.append(trees.append)
         config = tmp_path / "metamock.toml"
@@ -90,7 +92,7 @@ async def test_reload_swaps_whole_trees_and_rejects_a_bad_config(
 
 
 async def test_reload_brings_new_scenarios_and_keeps_unchanged_ones(tmp_path: Path) -> None:
-    async with scenario_service(tmp_path, config="[scenarios.rebalance]\ndelay = 3600\n") as service:
+    async with running_service(tmp_path, config="[scenarios.rebalance]\ndelay = 3600\n") as service:
         first = service.next_scenario_change
         config = tmp_path / "metamock.toml"
         write_atomically(config, '[scenarios.rebalance]\ndelay = 3600\n[scenarios.spot]\naction = "stop"\n')
@@ -104,7 +106,7 @@ async def test_reload_brings_new_scenarios_and_keeps_unchanged_ones(tmp_path: Pa
 
 
 async def test_watch_config_follows_renames_and_rewrites_and_survives_deletion(tmp_path: Path) -> None:
-    async with scenario_service(tmp_path, config=versioned(0), watch_config=True) as service:
+    async with running_service(tmp_path, config=versioned(0), watch_config=True) as service:
         config = tmp_path / "metamock.toml"
 
         async def version_soon(expected: int) -> None:
@@ -143,7 +145,7 @@ async def test_extra_interfaces_tags_and_paths_from_config(tmp_path: Path) -> No
     "ami-launch-index" = false
     "network/interfaces/macs/0a:00:00:00:00:03/public-ipv4s" = "203.0.113.9"
     """
-    async with scenario_service(tmp_path, config=config) as service, aiohttp.ClientSession() as s:
+    async with running_service(tmp_path, config=config) as service, aiohttp.ClientSession() as s:
         port = service.port
         macs = (await fetch(s, port, "meta-data/network/interfaces/macs/"))[1].split("\n")
         assert macs == ["02:b7:20:19:72:39/", "0a:00:00:00:00:02/", "0a:00:00:00:00:03/"]
@@ -174,8 +176,10 @@ def test_sighup_under_concurrent_load_never_mixes_versions(tmp_path: Path) -> No
     meanwhile: not one error, not one listing that mixes versions, no client ever going back."""
     config = tmp_path / "metamock.toml"
     config.write_text(versioned(0))
-    port = free_port()
-    with serve_process(port, "--config", str(config), "--stop-notice", "0") as proc:
+    with serve(
+        "--config", str(config), "--stop-notice", "0", stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    ) as server:
+        port, proc = server.port, server.proc
         wrk = _start_wrk(port, connections=200, seconds=3)
         stats = asyncio.run(_load(port, proc.pid, config, clients=50, seconds=3.0, reloads=20))
         wrk_out = wrk.communicate(timeout=30)[0].decode() if wrk else ""
@@ -185,7 +189,7 @@ def test_sighup_under_concurrent_load_never_mixes_versions(tmp_path: Path) -> No
         assert get(port, "meta-data/tags/instance/t0") == (200, "20")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
-        log = proc.stdout.read().decode() if proc.stdout else ""
+        log = proc.stdout.read() if proc.stdout else ""
     assert stats["errors"] == [], stats["errors"][:5]
     assert stats["requests"] > 100  # the checkers ran all along (wrk brings the volume)
     # Signals coalesce and a reload that finds the file already read is a no-op, so up to 20.
@@ -216,7 +220,9 @@ def _start_wrk(port: int, *, connections: int, seconds: int) -> subprocess.Popen
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-async def _load(port: int, pid: int, config: Path, *, clients: int, seconds: float, reloads: int) -> dict:
+async def _load(
+    port: int, pid: int, config: Path, *, clients: int, seconds: float, reloads: int
+) -> dict[str, Any]:
     errors: list[str] = []
     versions: set[int] = set()
     requests = 0

@@ -12,7 +12,8 @@ import aiohttp
 from metamock.clock import ManualClock, iso_z, parse_iso
 from metamock.scenarios import build
 from tests.golden_files import assert_golden
-from tests.scenarios_support import fetch, scenario_service
+from tests.scenarios_support import fetch
+from tests.servers import running_service
 
 T0 = parse_iso("2026-03-01T12:00:00Z")
 CONFIG = """
@@ -27,7 +28,7 @@ terminate-after = 60
 async def test_config_scenarios_follow_the_injected_clock(tmp_path: Path) -> None:
     clock = ManualClock(T0)
     async with (
-        scenario_service(tmp_path, config=CONFIG, clock=clock) as service,
+        running_service(tmp_path, config=CONFIG, clock=clock) as service,
         aiohttp.ClientSession() as s,
     ):
         assert (await fetch(s, service.port, "meta-data/spot/instance-action"))[0] == 404
@@ -60,7 +61,7 @@ async def test_config_scenarios_follow_the_injected_clock(tmp_path: Path) -> Non
 
 async def test_a_later_scenario_appears_by_itself_without_any_request(tmp_path: Path) -> None:
     config = "[scenarios.rebalance]\ndelay = 0.3\n[[scenarios.maintenance]]\ndelay = 0.5\n"
-    async with scenario_service(tmp_path, config=config) as service:
+    async with running_service(tmp_path, config=config) as service:
         assert service.tree.get("meta-data/events") is None
         await asyncio.sleep(0.45)
         assert service.tree.get("meta-data/events/recommendations/rebalance") is not None
@@ -72,7 +73,7 @@ async def test_a_later_scenario_appears_by_itself_without_any_request(tmp_path: 
 
 async def test_triggered_scenario_on_the_wire(tmp_path: Path) -> None:
     clock = ManualClock(T0)
-    async with scenario_service(tmp_path, clock=clock) as service, aiohttp.ClientSession() as s:
+    async with running_service(tmp_path, clock=clock) as service, aiohttp.ClientSession() as s:
         service.trigger_scenario(build("spot", {"action": "stop", "in": 90}, clock.time()))
         service.trigger_scenario(build("rebalance", {}, clock.time()))
         service.trigger_scenario(build("maintenance", {"code": "instance-reboot"}, clock.time()))
@@ -98,7 +99,7 @@ async def test_triggered_scenario_on_the_wire(tmp_path: Path) -> None:
 
 async def test_stop_notice_wins_over_a_scenario_and_keeps_the_rest(tmp_path: Path) -> None:
     clock = ManualClock(T0)
-    async with scenario_service(tmp_path, clock=clock, stop_notice="5") as service:
+    async with running_service(tmp_path, clock=clock, stop_notice="5") as service:
         service.trigger_scenario(build("spot", {"action": "hibernate"}, clock.time()))
         service.trigger_scenario(build("rebalance", {}, clock.time()))
         task = asyncio.ensure_future(service.publish_stop_notice())
@@ -113,7 +114,7 @@ async def test_stop_notice_wins_over_a_scenario_and_keeps_the_rest(tmp_path: Pat
 
 
 async def test_nothing_reachable_over_tcp_changes_state(tmp_path: Path) -> None:
-    async with scenario_service(tmp_path) as service, aiohttp.ClientSession() as s:
+    async with running_service(tmp_path) as service, aiohttp.ClientSession() as s:
         before = service.tree
         base = f"http://127.0.0.1:{service.port}"
         answers = set()

@@ -7,14 +7,15 @@ import signal
 import time
 
 from metamock.clock import parse_iso
-from tests.scenarios_support import free_port, get, serve_process
+from tests.scenarios_support import get
+from tests.servers import serve
 
 GRACE = 2.0
 
 
 def test_sigterm_publishes_the_notice_serves_through_the_grace_and_exits_0() -> None:
-    port = free_port()
-    with serve_process(port, "--stop-notice", str(GRACE)) as proc:
+    with serve("--stop-notice", str(GRACE)) as server:
+        port, proc = server.port, server.proc
         assert get(port, "meta-data/spot/instance-action")[0] == 404
         assert "spot/" not in get(port, "meta-data/")[1].split("\n")
 
@@ -47,8 +48,8 @@ def test_sigterm_publishes_the_notice_serves_through_the_grace_and_exits_0() -> 
 
 
 def test_stop_notice_documents_during_the_grace_period() -> None:
-    port = free_port()
-    with serve_process(port, "--stop-notice", str(GRACE)) as proc:
+    with serve("--stop-notice", str(GRACE)) as server:
+        port, proc = server.port, server.proc
         proc.send_signal(signal.SIGTERM)
         deadline = time.time() + 1.0
         while get(port, "meta-data/spot/instance-action")[0] != 200 and time.time() < deadline:
@@ -62,14 +63,14 @@ def test_stop_notice_documents_during_the_grace_period() -> None:
 
 
 def test_stop_notice_0_exits_at_once_and_a_second_sigterm_cuts_the_grace_short() -> None:
-    port = free_port()
-    with serve_process(port, "--stop-notice", "0") as proc:
+    with serve("--stop-notice", "0") as server:
+        port, proc = server.port, server.proc
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
         assert time.monotonic() - sent < 1.5
-    port = free_port()
-    with serve_process(port, "--stop-notice", "30") as proc:
+    with serve("--stop-notice", "30") as server:
+        port, proc = server.port, server.proc
         proc.send_signal(signal.SIGTERM)
         deadline = time.time() + 2.0
         while get(port, "meta-data/spot/instance-action")[0] != 200 and time.time() < deadline:

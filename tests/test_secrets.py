@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 import os
@@ -19,7 +18,8 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +31,12 @@ from metamock.errors import MetamockError
 from metamock.service import Service
 from metamock.settings import Settings
 from metamock.sources.ecs import EcsSource
-from tests.conftest import REPO, NetNS
-from tests.ecs_netns import base_env, run_python, start_fake_agent, start_metamock, wait_until
+from tests.ecs_netns import run_python, serve_ecs, start_fake_agent
 from tests.ecs_support import SECRETS, full_env, relative_env
 from tests.fakes.ecs_agent import AUTH_TOKEN, FakeEcsAgent, fargate_env
 from tests.httpraw import request
+from tests.netns import REPO, NetNS, base_env
+from tests.servers import running_service
 
 ACCESS_KEY = "ASIAEXAMPLEEXAMPLE00"
 ROTATED_KEY = "ASIAROTATED000000001"
@@ -66,17 +67,14 @@ def _log_text(records: list[logging.LogRecord]) -> str:
     return "\n".join(parts)
 
 
-@contextlib.asynccontextmanager
-async def ecs_service(env: dict[str, str], agent: FakeEcsAgent, config: Path) -> AsyncIterator[Service]:
+def ecs_service(
+    env: dict[str, str], agent: FakeEcsAgent, config: Path
+) -> AbstractAsyncContextManager[Service]:
     settings = Settings.load({"port": 0, "host": ["127.0.0.1"], "source": "ecs", "config": str(config)}, env)
     source = EcsSource(
         env, clock=SystemClock(), credentials_host=f"127.0.0.1:{agent.port}", role_name="example-task-role"
     )
-    service = await Service.start(settings, source=source, control_socket=False)
-    try:
-        yield service
-    finally:
-        await service.stop(stop_notice=False)
+    return running_service(settings=settings, source=source, control=False)
 
 
 @pytest.mark.parametrize("shape", ["relative", "full"])
@@ -121,8 +119,8 @@ async def test_no_secret_in_any_log_line_or_error(
             rotated = await request(port, "GET", ROLE, {"X-aws-ec2-metadata-token": issued[1]})
             assert b"rotatedSecret" in rotated.body
             for steer in ({"fail": 1}, {"status": 429}, {"status": 403}, {"bad_json": True}):
-                agent.fail_count = {"credentials": steer.get("fail", 0)}  # type: ignore[dict-item]
-                agent.status = {"credentials": steer["status"]} if "status" in steer else {}  # type: ignore[dict-item]
+                agent.fail_count = {"credentials": steer.get("fail", 0)}
+                agent.status = {"credentials": steer["status"]} if "status" in steer else {}
                 agent.bad_json = {"credentials"} if "bad_json" in steer else set()
                 await cache.refresh()
             agent.status, agent.bad_json = {}, set()
@@ -208,7 +206,7 @@ def test_settings_and_credentials_reprs_mask_secrets() -> None:
 @pytest.mark.parametrize("shape", ["relative", "full"])
 def test_doctor_output_carries_no_secret(netns: NetNS, shape: str) -> None:
     start_fake_agent(netns)
-    start_metamock(netns)
+    serve_ecs(netns)
     env = base_env(**fargate_env(), AWS_EC2_METADATA_SERVICE_ENDPOINT="http://127.0.0.1:1338/")
     if shape == "full":
         del env["AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"]
@@ -260,11 +258,11 @@ def test_serve_at_debug_logs_no_secret(netns: NetNS, tmp_path: Path) -> None:
     config = tmp_path / "metamock.toml"
     config.write_text('[meta-data]\n"instance-type" = "m5.large"\n')
     log_path = tmp_path / "serve.log"
-    argv = [sys.executable, "-m", "metamock", "serve", "-v", "--source", "ecs", "--port", "1338"]
-    argv += ["--stop-notice", "1", "--config", str(config)]
     with log_path.open("wb") as log_file:
-        proc = netns.popen(argv, cwd=REPO, env=base_env(**fargate_env()), stdout=log_file, stderr=log_file)
-    wait_until(netns, [sys.executable, "-m", "metamock", "healthcheck", "--port", "1338"])
+        server = serve_ecs(
+            netns, "-v", "--config", str(config), stop_notice=1, stdout=log_file, stderr=log_file
+        )
+    proc = server.proc
     client = run_python(netns, CLIENT, env=base_env())
     assert client["statuses"] == [200, 200, 200, 401, 401]
     config.write_text("[meta-data\n")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from metamock.sources.static import StaticSource
 from tests.conftest import REPO
 from tests.imds_fixtures import fixture_credentials, fixture_task
 from tests.netns import base_env
+from tests.servers import serve_argv
 
 
 class Recording(StaticSource):
@@ -260,9 +260,8 @@ def test_serve_on_a_busy_port_is_one_line_naming_the_port() -> None:
         holder.listen()
         port = holder.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "metamock", "serve", "--source", "local", "--host", "127.0.0.1",
-             "--port", str(port)],
-            capture_output=True, text=True, timeout=60, check=False, cwd=REPO, env=base_env(),
+            serve_argv(port=port), capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
+            env=base_env(),
         )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines()[-1] == (

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from metamock.errors import SettingsError
 from metamock.settings import ConfigFile, Settings
+from tests.servers import serve_argv
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -61,7 +62,7 @@ def test_precedence_flag_env_file_default(tmp_path: Path) -> None:
         ({"task_metadata": "/nonexistent/task.json"}, {}, "--task-metadata"),
     ],
 )
-def test_bad_values_name_the_setting(flags: dict, env: dict, setting: str) -> None:
+def test_bad_values_name_the_setting(flags: dict[str, Any], env: dict[str, str], setting: str) -> None:
     with pytest.raises(SettingsError) as err:
         Settings.load(flags, env)
     assert err.value.setting == setting
@@ -124,7 +125,7 @@ def test_config_sections_parse(tmp_path: Path) -> None:
 )
 def test_cli_bad_config_is_one_line_exit_2_before_listening(args: list[str], needle: str) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "metamock", "serve", *args],
+        serve_argv(*args, source=None, host=None),
         capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     assert proc.returncode == 2

@@ -9,13 +9,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO
 from tests.netns import NetNS, base_env
+from tests.servers import until, wait_ready
 
 pytestmark = pytest.mark.root
 PY = sys.executable
@@ -29,13 +29,6 @@ trap 'echo TERM > "$DIR/got"; notice > "$DIR/notice"; exit 0' TERM
 echo ready > "$DIR/ready"
 while :; do sleep 0.05; done
 """
-
-
-def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} not reached"
-        time.sleep(0.05)
 
 
 def listeners(ns: NetNS) -> list[str]:
@@ -97,7 +90,7 @@ def test_sigint_stops_the_programs_without_the_notice_and_removes_the_exports(
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
-        until((tmp_path / "ready").exists, 30, "the program started")
+        until((tmp_path / "ready").exists, "the program started", timeout=30)
         assert profile.exists()
         began = time.monotonic()
         proc.send_signal(signal.SIGINT)
@@ -126,7 +119,7 @@ def test_sigterm_serves_the_notice_while_programs_stop_and_leaves_a_changed_file
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        until((tmp_path / "ready").exists, 30, "the program started")
+        until((tmp_path / "ready").exists, "the program started", timeout=30)
         profile.write_text("# the image's own now\n")  # not what metamock wrote: not its to remove
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
@@ -138,48 +131,35 @@ def test_sigterm_serves_the_notice_while_programs_stop_and_leaves_a_changed_file
     assert profile.read_text() == "# the image's own now\n"
 
 
-def test_a_non_root_user_is_not_warned_about_etc(netns: NetNS, tmp_path: Path) -> None:
+def _sidecar_as_nobody(netns: NetNS, *extra: str) -> str:
+    """`metamock sidecar *extra` as nobody until healthy, then SIGTERM (exit 0); its stderr."""
     nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     env = base_env(HOME="/nonexistent")
     proc = netns.popen(
-        [*nobody, *SIDECAR, "--run", "idle=sleep 600"], env=env, cwd=REPO,
+        [*nobody, *SIDECAR, *extra, "--run", "idle=sleep 600"], env=env, cwd=REPO,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
-        until(
-            lambda: netns.run([PY, "-m", "metamock", "healthcheck"], env=env).returncode == 0, 30, "healthy"
-        )
+        wait_ready(1338, proc, netns)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.stderr is not None
-    log = proc.stderr.read().decode()
+    return proc.stderr.read().decode()
+
+
+def test_a_non_root_user_is_not_warned_about_etc(netns: NetNS) -> None:
+    log = _sidecar_as_nobody(netns)
     assert "sidecar ready" in log
     assert "cannot write" not in log
     assert "/etc/" not in log
 
 
-def test_an_explicit_unwritable_profile_script_still_warns(netns: NetNS, tmp_path: Path) -> None:
-    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    env = base_env(HOME="/nonexistent")
+def test_an_explicit_unwritable_profile_script_still_warns(netns: NetNS) -> None:
     target = "/etc/profile.d/metamock-ecs.sh"
-    proc = netns.popen(
-        [*nobody, *SIDECAR, "--profile-script", target, "--run", "idle=sleep 600"], env=env, cwd=REPO,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        until(
-            lambda: netns.run([PY, "-m", "metamock", "healthcheck"], env=env).returncode == 0, 30, "healthy"
-        )
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.stderr is not None
-    assert f"cannot write {target}" in proc.stderr.read().decode()
+    assert f"cannot write {target}" in _sidecar_as_nobody(netns, "--profile-script", target)
 
 
 def test_a_busy_port_names_the_port(netns: NetNS) -> None:

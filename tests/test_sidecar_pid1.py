@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, NetNS, require
+from tests.conftest import REPO, require
 from tests.fakes.ecs_agent import fargate_env
+from tests.netns import NetNS
 
 pytestmark = pytest.mark.root
 PY = sys.executable

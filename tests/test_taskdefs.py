@@ -95,7 +95,7 @@ def _load(path: Path) -> dict[str, Any]:
 
 def _sidecar(td: dict[str, Any]) -> dict[str, Any]:
     """The one container whose health check is `metamock healthcheck`."""
-    found = [
+    found: list[dict[str, Any]] = [
         c
         for c in td["containerDefinitions"]
         if c.get("healthCheck", {}).get("command", [])[1:3] == ["metamock", "healthcheck"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import pytest
 
@@ -46,8 +47,9 @@ def creds(role_arn: str | None) -> Credentials:
     )
 
 
-def load(name: str) -> dict:
-    return json.loads((FIXTURES / name).read_text())
+def load(name: str) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads((FIXTURES / name).read_text())
+    return document
 
 
 def test_fargate_fixture_golden() -> None:
