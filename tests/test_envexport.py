@@ -68,10 +68,16 @@ def target(canary: Path) -> Iterator[tuple[int, dict[str, bytes]]]:
         proc.wait(timeout=10)
 
 
-def export(pid: int, fmt: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    argv = [PY, "-m", "metamock", "env", "export", "--pid", str(pid), "--format", fmt]
-    argv += ["--output", str(out), "--allow", "MMTEST_*", *extra]
+def env_cli(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """`metamock env ARGS...` as a user types it (behind `prefix`, e.g. setpriv)."""
+    argv = [*prefix, PY, "-m", "metamock", "env", *args]
     return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False, cwd=REPO)
+
+
+def export(pid: int, fmt: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return env_cli(
+        "export", "--pid", str(pid), "--format", fmt, "--output", str(out), "--allow", "MMTEST_*", *extra
+    )
 
 
 def env0(raw: bytes) -> dict[bytes, bytes]:
@@ -346,14 +352,7 @@ def test_pid_auto(tmp_path: Path) -> None:
 
 
 def test_missing_process_is_exit_2(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [PY, "-m", "metamock", "env", "export", "--pid", "999999999"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        cwd=REPO,
-    )
+    result = env_cli("export", "--pid", "999999999")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
 
@@ -364,16 +363,8 @@ def test_unreadable_environ_names_sys_ptrace() -> None:
     require(shutil.which("setpriv") is not None, "needs setpriv (util-linux)")
     drop = ["setpriv", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"]
     other = subprocess.Popen([*drop, "--reuid=65534", "--regid=65534", "sleep", "60"])
-    reader = [*drop, "--reuid=65533", "--regid=65533", PY, "-m", "metamock", "env", "export"]
     try:
-        result = subprocess.run(
-            [*reader, "--pid", str(other.pid)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-            cwd=REPO,
-        )
+        result = env_cli("export", "--pid", str(other.pid), prefix=(*drop, "--reuid=65533", "--regid=65533"))
     finally:
         other.kill()
         other.wait(timeout=10)
@@ -389,14 +380,7 @@ def test_nothing_to_export_is_said_on_stderr() -> None:
     proc = subprocess.Popen(["sleep", "60"], env={"PATH": "/usr/bin:/bin", "HOME": "/root"})
     try:
         wait_exec(proc.pid)
-        result = subprocess.run(
-            [PY, "-m", "metamock", "env", "export", "--pid", str(proc.pid)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-            cwd=REPO,
-        )
+        result = env_cli("export", "--pid", str(proc.pid))
     finally:
         proc.kill()
         proc.wait(timeout=10)

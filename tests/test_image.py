@@ -18,6 +18,7 @@ made here, with only `lo`:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -251,17 +252,13 @@ def _stop(container: Container) -> None:
         container.proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def fargate(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
-    ns = make_netns()  # lo, 169.254.170.2 on it
-    work = tmp_path_factory.mktemp("fargate")
+@contextlib.contextmanager
+def _task(built: Built, work: Path, *, ns: NetNS, env: dict[str, str], **start: Any) -> Iterator[Container]:
+    """The sidecar container in `ns` (a fake ECS agent on 169.254.170.2), healthy, then stopped."""
     container = None
     try:
         start_fake_agent(ns)
-        # As ECS does: the task's variables, plus a static key that must not reach the agents.
-        env = {**fargate_env(), "AWS_ACCESS_KEY_ID": STATIC_KEY}
-        args = ["--port", str(PORT), "--stop-notice", str(STOP_NOTICE), "--grace", str(GRACE), "--run", "probe=/agents/probe.py"]  # fmt: skip
-        container = _start(built, ns, work, args=args, env=env, root=False, caps=[])
+        container = _start(built, ns, work, env=env, **start)
         _wait_for(
             "healthcheck", lambda: container.exec("metamock", "healthcheck").returncode == 0, 60, container
         )
@@ -270,6 +267,16 @@ def fargate(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         if container is not None:
             _stop(container)
         ns.close()
+
+
+@pytest.fixture(scope="module")
+def fargate(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
+    # As ECS does: the task's variables, plus a static key that must not reach the agents.
+    env = {**fargate_env(), "AWS_ACCESS_KEY_ID": STATIC_KEY}
+    args = ["--port", str(PORT), "--stop-notice", str(STOP_NOTICE), "--grace", str(GRACE), "--run", "probe=/agents/probe.py"]  # fmt: skip
+    # lo, 169.254.170.2 on it
+    with _task(built, tmp_path_factory.mktemp("fargate"), ns=make_netns(), env=env, args=args, root=False, caps=[]) as container:  # fmt: skip
+        yield container
 
 
 @pytest.fixture(scope="module")
@@ -279,25 +286,13 @@ def ec2(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cont
     (sidecar,) = [c for c in taskdef["containerDefinitions"] if c["name"] == "metamock"]
     assert sidecar["user"] == "0"
     assert sidecar["linuxParameters"]["capabilities"]["add"] == ["NET_ADMIN"]
-    ns = make_netns()  # lo and 169.254.170.2 only: no route to 169.254.169.254 until metamock adds it
-    work = tmp_path_factory.mktemp("ec2")
-    container = None
-    try:
-        start_fake_agent(ns)
-        env = {k: v for k, v in fargate_env().items() if k != "AWS_EXECUTION_ENV"}
-        env["AWS_EXECUTION_ENV"] = "AWS_ECS_EC2"
-        args = [*sidecar["command"], "--stop-notice", str(STOP_NOTICE), "--grace", str(GRACE)]
-        container = _start(
-            built, ns, work, args=args, env=env, root=True, caps=[*DOCKER_DEFAULT_CAPS, "CAP_NET_ADMIN"]
-        )
-        _wait_for(
-            "healthcheck", lambda: container.exec("metamock", "healthcheck").returncode == 0, 60, container
-        )
+    env = {k: v for k, v in fargate_env().items() if k != "AWS_EXECUTION_ENV"}
+    env["AWS_EXECUTION_ENV"] = "AWS_ECS_EC2"
+    args = [*sidecar["command"], "--stop-notice", str(STOP_NOTICE), "--grace", str(GRACE)]
+    caps = [*DOCKER_DEFAULT_CAPS, "CAP_NET_ADMIN"]
+    # lo and 169.254.170.2 only: no route to 169.254.169.254 until metamock adds it
+    with _task(built, tmp_path_factory.mktemp("ec2"), ns=make_netns(), env=env, args=args, root=True, caps=caps) as container:  # fmt: skip
         yield container
-    finally:
-        if container is not None:
-            _stop(container)
-        ns.close()
 
 
 # ---- the build --------------------------------------------------------------------------------
