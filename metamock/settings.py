@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,23 +42,18 @@ from metamock.values import (
 __all__ = [
     "DEFAULT_HOSTS",
     "DEFAULT_PORT",
-    "ENDPOINT_VAR",
     "ConfigFile",
     "Option",
     "Settings",
     "add_arguments",
     "add_port_argument",
-    "client_host",
     "client_port",
-    "endpoint_advice",
-    "endpoint_url",
     "flag_names",
     "scenarios_with_flags",
 ]
 
 DEFAULT_HOSTS = ("127.0.0.1", "::1")
 DEFAULT_PORT = 1338
-ENDPOINT_VAR = "AWS_EC2_METADATA_SERVICE_ENDPOINT"
 PORT_ENV = "METAMOCK_PORT"
 SOURCES = ("auto", "ecs", "local")
 TOKEN_MODES = ("optional", "required")
@@ -359,32 +353,6 @@ def client_port(flag: Any, environ: Mapping[str, str]) -> int:
     if value not in (None, ""):
         return parsed(PORT_ENV, value, server_port)
     return DEFAULT_PORT
-
-
-# -- where clients reach the server ---------------------------------------------------------------
-
-
-def client_host(hosts: Sequence[str]) -> str:
-    """An address a local client reaches the server on, among those it listens on: IPv4 loopback
-    first (every client speaks it), a wildcard as its loopback."""
-    if not hosts or "127.0.0.1" in hosts or "0.0.0.0" in hosts:
-        return "127.0.0.1"
-    for host in hosts:
-        if host == "localhost" or (ipaddress.ip_address(host).version == 4 and is_loopback(host)):
-            return host
-    if "::1" in hosts or "::" in hosts:
-        return "::1"
-    return hosts[0]
-
-
-def endpoint_url(port: int, host: str = "127.0.0.1") -> str:
-    """`http://host:port/`, IPv6 hosts in brackets."""
-    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
-
-
-def endpoint_advice(port: int, host: str = "127.0.0.1") -> str:
-    """What to set so the SDKs talk to metamock directly: `AWS_EC2_METADATA_SERVICE_ENDPOINT=...`."""
-    return f"{ENDPOINT_VAR}={endpoint_url(port, host)}"
 
 
 # -- `--scenario` ---------------------------------------------------------------------------------

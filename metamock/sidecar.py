@@ -19,10 +19,11 @@ from pathlib import Path
 
 from metamock import envexport
 from metamock.agents import Program
+from metamock.endpoint import ENDPOINT_VAR, client_host, endpoint_advice, endpoint_url
 from metamock.errors import MetamockError
 from metamock.lifecycle import Hooks, run_service
 from metamock.service import Service
-from metamock.settings import ENDPOINT_VAR, Settings, client_host, endpoint_advice, endpoint_url
+from metamock.settings import Settings
 from metamock.supervisor import Backoff, ChildSpec, Restart, Supervisor
 
 log = logging.getLogger("metamock.sidecar")

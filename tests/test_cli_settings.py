@@ -13,7 +13,8 @@ import pytest
 
 from metamock import settings
 from metamock.config import LEAF_KEYS
-from metamock.settings import Settings, client_host, endpoint_advice, endpoint_url
+from metamock.endpoint import client_host, endpoint_advice, endpoint_url
+from metamock.settings import Settings
 from tests.cli_support import assert_one_line_exit_2, cli_env
 from tests.conftest import make_netns
 from tests.netns import REPO, NetNS

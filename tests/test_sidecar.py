@@ -16,8 +16,8 @@ import pytest
 
 from metamock import agents, envexport
 from metamock.commands import sidecar as command
+from metamock.endpoint import client_host, endpoint_url
 from metamock.errors import SettingsError
-from metamock.settings import client_host, endpoint_url
 from metamock.sidecar import (
     SidecarOptions,
     child_environment,

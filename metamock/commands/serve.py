@@ -10,9 +10,10 @@ import sys
 from collections.abc import Mapping
 
 from metamock import settings as settings_table
+from metamock.endpoint import client_host, endpoint_advice
 from metamock.lifecycle import run_service
 from metamock.service import Service
-from metamock.settings import Settings, client_host, endpoint_advice
+from metamock.settings import Settings
 
 log = logging.getLogger("metamock")
 

@@ -9,13 +9,13 @@ from metamock.doctor.context import DoctorContext
 from metamock.doctor.place import Kind, metamock_command, where
 from metamock.doctor.procfs import processes, read_cmdline, read_environ
 from metamock.doctor.report import Check, passed, skipped, warned
+from metamock.endpoint import endpoint_advice
 from metamock.netfilter.privilege import (
     CAP_NET_ADMIN,
     CAP_SYS_PTRACE,
     effective_capabilities,
     has_capability,
 )
-from metamock.settings import endpoint_advice
 
 NAMES = ("capabilities", "pid1-environ", "pid1", "dev-log", "agents")
 # `--agent NAME` -> the long-running process (the CloudWatch preset starts through a wrapper).

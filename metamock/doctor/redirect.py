@@ -12,9 +12,9 @@ from metamock.doctor.context import DoctorContext
 from metamock.doctor.place import Kind, Place, where
 from metamock.doctor.procfs import read_environ
 from metamock.doctor.report import Check, failed, passed, skipped, warned
+from metamock.endpoint import ENDPOINT_VAR, endpoint_advice
 from metamock.errors import MetamockError
 from metamock.netfilter.privilege import has_net_admin
-from metamock.settings import ENDPOINT_VAR, endpoint_advice
 from metamock.threads import in_daemon_thread
 
 NAMES = ("redirect", "route", "endpoint-env")

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from metamock.endpoint import endpoint_advice
 from metamock.errors import PrivilegeError
-from metamock.settings import endpoint_advice
 
 CAP_NET_ADMIN = 12
 CAP_SYS_PTRACE = 19
