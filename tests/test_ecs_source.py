@@ -217,6 +217,35 @@ async def test_tmde_refresh_calls_on_change_only_for_changes(
     assert changes == [1]
 
 
+async def test_a_failed_rebuild_is_named_after_its_cause_once(
+    agent: FakeEcsAgent,
+    make_source: MakeSource,
+    sleeper: SteppedSleep,
+    clock: ManualClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """New credentials or new task metadata: a failing listener is one ERROR naming which."""
+    source = make_source(task_refresh=300.0)
+    await source.start()
+
+    def broken() -> None:
+        raise ValueError("rebuild bug")
+
+    source.on_change = broken
+    await sleeper.wait_parked(CREDS_LOOP)
+    clock.advance(7 * 3600)
+    agent.rotate()
+    caplog.set_level(logging.ERROR, logger="metamock")
+    assert await source.credentials_within(3.0) is not None  # the cache goes on
+    agent.task = agent.task | {"KnownStatus": "STOPPING"}
+    await sleeper.step(TMDE_LOOP)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [
+        "rebuilding the metadata tree after new credentials failed: ValueError: rebuild bug",
+        "rebuilding the metadata tree after new task metadata failed: ValueError: rebuild bug",
+    ]
+
+
 async def test_two_thousand_clients_one_upstream_call(
     agent: FakeEcsAgent, make_source: MakeSource, sleeper: SteppedSleep, clock: ManualClock
 ) -> None:

@@ -249,9 +249,8 @@ def test_a_key_file_still_works(tmp_path: Path) -> None:
         )
     )
     signer = signing.IdentitySigner(pem)
-    signer.prepare()
-    assert signer.prepared
     assert set(signer.sign(b"{}")) == {"signature", "pkcs7", "rsa2048"}
+    assert signer.prepared
 
 
 def test_serve_on_a_busy_port_is_one_line_naming_the_port() -> None:

@@ -171,9 +171,8 @@ class ImdsHandler:
             if route.iam and fetch and await self._holder.ensure_credentials(self._credential_wait):
                 node = self._holder.tree.get(route.key)
                 if node is not None and (node.expires is None or self._now() < node.expires):
-                    return web.Response(
-                        body=node.body, headers=node.headers.copy()
-                    )  # credentials: never lazy
+                    # Credentials are never lazy leaves: `body` renders nothing here.
+                    return web.Response(body=node.body, headers=node.headers.copy())
             return self._not_found()
         if kind == VERSIONS:
             return web.Response(body=_VERSIONS_BODY, headers=self._text_headers)

@@ -34,10 +34,6 @@ class IdentitySigner:
         """Whether the key and certificate exist (signing will not generate them)."""
         return self._material is not None
 
-    def prepare(self) -> None:
-        """Make (or load) the key and certificate now; blocking, so call it off the event loop."""
-        self._key_and_cert()
-
     def _key_and_cert(self) -> tuple[Any, Any]:
         with self._lock:
             if self._material is None:

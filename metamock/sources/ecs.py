@@ -90,7 +90,7 @@ class EcsSource:
                 sleep=self._sleep,
                 policy=self._policy,
                 rand=self._rand,
-                on_change=lambda: self._changed("new credentials"),
+                on_change=self._credentials_changed,
             )
             if await self._cache.refresh() is None:
                 where = self.endpoints.credentials_label
@@ -124,9 +124,15 @@ class EcsSource:
             session, self._session = self._session, None
             await session.close()
 
-    def _changed(self, after: str = "new task metadata") -> None:
+    def _credentials_changed(self) -> None:
+        # The cache calls this through its own notify(), which logs a failed rebuild.
         if self.on_change is not None:
-            notify(self.on_change, after=after)
+            self.on_change()
+
+    def _changed(self) -> None:
+        """New task metadata: rebuild; a failure is logged and the refreshes go on."""
+        if self.on_change is not None:
+            notify(self.on_change, after="new task metadata")
 
     def _partition(self) -> str:
         arn = self._facts.task.get("TaskARN") if self._facts else None
