@@ -11,6 +11,7 @@ from enum import StrEnum
 from pathlib import Path, PurePath
 
 from metamock.doctor.context import DoctorContext
+from metamock.doctor.environment import on_ecs
 from metamock.doctor.procfs import processes, read_environ
 
 
@@ -70,11 +71,10 @@ def _server_here(ctx: DoctorContext) -> tuple[int, str] | None:
 
 
 def _on_aws(environ: Mapping[str, str]) -> bool:
-    return bool(
-        environ.get("ECS_CONTAINER_METADATA_URI_V4")
-        or environ.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+    """ECS (the platform check's own test), or container credentials (an EKS pod too)."""
+    return on_ecs(environ) or bool(
+        environ.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
         or environ.get("AWS_CONTAINER_CREDENTIALS_FULL_URI")
-        or environ.get("AWS_EXECUTION_ENV", "").startswith("AWS_ECS")
     )
 
 
