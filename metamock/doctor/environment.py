@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from metamock.doctor.context import DoctorContext
-from metamock.doctor.procfs import read_environ
+from metamock.doctor.procfs import pid1_environ
 from metamock.doctor.report import Check, failed, passed, skipped, warned
 
 ECS_VARIABLES = (
@@ -49,18 +49,11 @@ def on_ecs(environ: Mapping[str, str]) -> bool:
     )
 
 
-def _pid1_environ(ctx: DoctorContext) -> dict[str, str] | None:
-    try:
-        return read_environ(ctx.proc_root, 1)
-    except OSError:
-        return None
-
-
 def check_platform(ctx: DoctorContext) -> Check:
     here = platform_of(ctx.environ)
     if here:
         return passed("platform", f"{here} (from AWS_EXECUTION_ENV and the ECS/EKS variables)")
-    pid1 = _pid1_environ(ctx)
+    pid1 = pid1_environ(ctx.proc_root)
     there = platform_of(pid1) if pid1 else None
     if there:
         return failed(

@@ -12,7 +12,7 @@ from pathlib import Path, PurePath
 
 from metamock.doctor.context import DoctorContext
 from metamock.doctor.environment import on_ecs
-from metamock.doctor.procfs import processes, read_environ
+from metamock.doctor.procfs import pid1_environ, processes
 
 
 class Kind(StrEnum):
@@ -80,10 +80,7 @@ def _on_aws(environ: Mapping[str, str]) -> bool:
 
 def place_of(ctx: DoctorContext) -> Place:
     """Judged from this process's environment, PID 1's, and the processes of this container."""
-    try:
-        pid1: Mapping[str, str] = read_environ(ctx.proc_root, 1)
-    except OSError:
-        pid1 = {}
+    pid1: Mapping[str, str] = pid1_environ(ctx.proc_root) or {}
     execution = ctx.environ.get("AWS_EXECUTION_ENV") or pid1.get("AWS_EXECUTION_ENV", "")
     fargate = execution == "AWS_ECS_FARGATE"
     on_aws = _on_aws(ctx.environ) or _on_aws(pid1)

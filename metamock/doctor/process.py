@@ -7,7 +7,7 @@ from pathlib import PurePath
 
 from metamock.doctor.context import DoctorContext
 from metamock.doctor.place import Kind, metamock_command, where
-from metamock.doctor.procfs import processes, read_cmdline, read_environ
+from metamock.doctor.procfs import pid1_environ, processes, read_cmdline, read_environ
 from metamock.doctor.report import Check, passed, skipped, warned
 from metamock.endpoint import endpoint_advice
 from metamock.netfilter.privilege import (
@@ -30,14 +30,6 @@ def agent_process_names(agent: str) -> set[str]:
     if agent in PRESETS:
         names.add(PurePath(PRESETS[agent].argv[0]).name)
     return names
-
-
-def _pid1_environ_readable(ctx: DoctorContext) -> bool:
-    try:
-        read_environ(ctx.proc_root, 1)
-    except OSError:
-        return False
-    return True
 
 
 def check_capabilities(ctx: DoctorContext) -> Check:
@@ -73,7 +65,7 @@ def check_capabilities(ctx: DoctorContext) -> Check:
     if "SYS_PTRACE" not in have:
         if place.kind is Kind.LOCAL:
             notes.append("no SYS_PTRACE: not needed off ECS (nothing to re-export)")
-        elif _pid1_environ_readable(ctx):
+        elif pid1_environ(ctx.proc_root) is not None:
             notes.append("no SYS_PTRACE: not needed, PID 1's environment is readable")
         else:
             lacking.append("SYS_PTRACE")

@@ -20,6 +20,14 @@ def read_environ(proc_root: Path, pid: int | str) -> dict[str, str]:
     }
 
 
+def pid1_environ(proc_root: Path) -> dict[str, str] | None:
+    """PID 1's environment as `read_environ` gives it, or None when it cannot be read."""
+    try:
+        return read_environ(proc_root, 1)
+    except OSError:
+        return None
+
+
 def read_cmdline(proc_root: Path, pid: int | str) -> list[str]:
     """argv of `pid`; empty for kernel threads. Raises OSError."""
     raw = (proc_root / str(pid) / "cmdline").read_bytes()

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from metamock.doctor.context import DoctorContext
 from metamock.doctor.place import Kind, Place, where
-from metamock.doctor.procfs import read_environ
+from metamock.doctor.procfs import pid1_environ
 from metamock.doctor.report import Check, failed, passed, skipped, warned
 from metamock.endpoint import ENDPOINT_VAR, endpoint_advice
 from metamock.errors import MetamockError
@@ -136,10 +136,8 @@ def check_endpoint_env(ctx: DoctorContext, redirect_ok: bool) -> Check:
     name = "endpoint-env"
     place = where(ctx)
     here = ctx.environ.get(ENDPOINT_VAR)
-    try:
-        pid1: str | None = read_environ(ctx.proc_root, 1).get(ENDPOINT_VAR) or "unset"
-    except OSError:
-        pid1 = None
+    pid1_env = pid1_environ(ctx.proc_root)
+    pid1 = None if pid1_env is None else pid1_env.get(ENDPOINT_VAR) or "unset"
     where_seen = f"this process: {here or 'unset'}; PID 1: {pid1 or 'unreadable'}"
     if here and not _endpoint_ok(here, ctx.port):
         return failed(
