@@ -1,6 +1,6 @@
-"""The capabilities this process has, read once from /proc: what `serve`, `sidecar`, `netfilter`
-and `doctor` all decide on (CAP_NET_ADMIN for the redirect, CAP_SYS_PTRACE for another process's
-environment)."""
+"""The capabilities this process has, read from /proc (the one CapEff reader): what `serve`,
+`sidecar`, `netfilter` and `doctor` all decide on (CAP_NET_ADMIN for the redirect, CAP_SYS_PTRACE
+for another process's environment)."""
 
 from __future__ import annotations
 
