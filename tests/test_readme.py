@@ -12,13 +12,13 @@ import re
 import shlex
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import make_netns, require
 from tests.netns import REPO, base_env
+from tests.servers import wait_ready
 
 SETUP = re.compile(r"## Set up on a fresh clone\n(?P<body>.*?)\n## ", re.S)
 FENCE = re.compile(r"```sh\n(?P<code>.*?)```", re.S)
@@ -89,18 +89,17 @@ def test_main_job_command_as_written(tmp_path: Path) -> None:
     ns = make_netns()
     try:
         proc = ns.popen(serve, cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        token = ""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and proc.poll() is None:
-            put = ns.run(
-                ["curl", "-s", "-f", "-X", "PUT", "-H", "X-aws-ec2-metadata-token-ttl-seconds: 300",
-                 "http://127.0.0.1:1338/latest/api/token"]
-            )  # fmt: skip
-            if put.returncode == 0 and put.stdout:
-                token = put.stdout
-                break
-            time.sleep(0.2)
-        assert token, f"the server never answered; it said:\n{_output(proc)}"
+        try:
+            wait_ready(1338, proc, ns)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the server said:\n{_output(proc)}") from None
+        # Then what the README tells the user to type next.
+        put = ns.run(
+            ["curl", "-s", "-f", "-X", "PUT", "-H", "X-aws-ec2-metadata-token-ttl-seconds: 300",
+             "http://127.0.0.1:1338/latest/api/token"]
+        )  # fmt: skip
+        assert put.returncode == 0 and put.stdout, put.stderr
+        token = put.stdout
         got = ns.run(
             ["curl", "-s", "-f", "-H", f"X-aws-ec2-metadata-token: {token}",
              "http://127.0.0.1:1338/latest/meta-data/instance-id"]
