@@ -199,7 +199,9 @@ def test_no_credential_id_or_secret_in_any_log_line(agent: NetNS, mode: str, tmp
     log = tmp_path / "serve.log"
     steer(agent, "expires_in=5")
     with log.open("w") as out:
-        server = serve("-v", source="ecs", host=None, ns=agent, env=base_env(**env), stderr=out)
+        server = serve(
+            "-v", "--stop-notice", "0", source="ecs", host=None, ns=agent, env=base_env(**env), stderr=out
+        )
         with server:
             for query, pause in [
                 ("rotate=1", 2.0),  # a refresh that changes the credentials
