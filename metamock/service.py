@@ -95,7 +95,8 @@ class Service:
     # -- TreeHolder -------------------------------------------------------------------------
     @property
     def tree(self) -> Tree:
-        return self._tree
+        # The view at this instant: from the credentials' expiry on, the tree without them.
+        return self._tree.at(self.clock.time())
 
     def now(self) -> float:
         return self.clock.time()
@@ -234,16 +235,16 @@ class Service:
         for overlay in self.overlays.values():  # the stop notice wins over scenarios
             deep_merge(extra, overlay)
         credentials = self.source.credentials()
-        self._tree = Tree.build(
-            build_tree(
-                self.source.facts(),
-                credentials,
-                self.config,
-                extra_meta=extra,
-                signer=self.identity_signer,
-            ),
+        facts = self.source.facts()
+        tree = Tree.build(
+            build_tree(facts, credentials, self.config, extra_meta=extra, signer=self.identity_signer),
             built_at=now,
         )
+        if credentials is not None:
+            # The whole iam/ subtree follows the credentials' one expiry (see Tree.until).
+            bare = build_tree(facts, None, self.config, extra_meta=extra, signer=self.identity_signer)
+            tree = tree.until(credentials.expiration, Tree.build(bare, built_at=now))
+        self._tree = tree
         # Recorded only once built: after a failed build, ensure_credentials tries again.
         self._tree_credentials = credentials
         self._arm_timer(rendered.next_change)

@@ -259,12 +259,15 @@ def build_tree(
     ipv6 = [str(a).lower() for a in net.get("IPv6Addresses") or []]
     if ipv6:
         meta["ipv6"] = ipv6[0]
-    if rname:
+    # No valid credentials: no iam/ at all, as on an instance without a role (an iam/info that
+    # answers while the role path 404s is a listing that does not resolve). The service swaps
+    # this tree for one built with creds=None at their expiry.
+    if rname and creds is not None:
         meta["iam"] = {
             "info": json.dumps(
                 {
                     "Code": "Success",
-                    "LastUpdated": iso_z(creds.last_updated) if creds else iso_z(facts.fetched_at),
+                    "LastUpdated": iso_z(creds.last_updated),
                     "InstanceProfileArn": (
                         f"arn:{ident.partition}:iam::{ident.account}:instance-profile/{rname}"
                     ),
@@ -272,9 +275,7 @@ def build_tree(
                 },
                 indent=2,
             ),
-            "security-credentials": (
-                {rname: Leaf(credentials_document(creds), expires=creds.expiration)} if creds else None
-            ),
+            "security-credentials": {rname: Leaf(credentials_document(creds), expires=creds.expiration)},
         }
     if extra_meta:
         deep_merge(meta, extra_meta)

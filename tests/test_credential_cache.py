@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from metamock.clock import ManualClock
+from metamock.clock import ManualClock, SystemClock
 from metamock.ecs.credentials import CredentialCache, RefreshPolicy
 from metamock.errors import SettingsError, UpstreamError
 from metamock.secrets import Secret
@@ -171,3 +171,32 @@ async def test_the_task_names_carry_the_cache_name(upstream: Upstream, make_cach
     names = {t.get_name() for t in asyncio.all_tasks()}
     assert {"test-cache-refresh", "test-cache-fetch"} <= names
     upstream.gate.set()
+
+
+async def test_the_expiry_is_announced_at_its_instant_while_a_fetch_hangs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Real time: a timer at the expiry, not the next request nor the end of the hung fetch.
+    clock = SystemClock()
+    upstream = Upstream(clock)  # type: ignore[arg-type]
+    upstream.lifetime = 0.4
+    heard: list[tuple[float, bool]] = []
+    cache = CredentialCache(
+        upstream,
+        clock=clock,
+        policy=RefreshPolicy(refresh_before=0.3),
+        on_change=lambda: heard.append((clock.time(), cache.current() is not None)),
+    )
+    try:
+        creds = await cache.load()
+        upstream.gate = asyncio.Event()  # every later fetch hangs
+        cache.start()
+        await asyncio.sleep(0.7)
+        assert upstream.calls == 2  # the loop is stuck in its renewal
+        assert [ok for _, ok in heard] == [True, False]
+        assert 0 <= heard[1][0] - creds.expiration < 0.1
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1
+        assert warnings[0].startswith("credentials ****0001 expired unrenewed (no renewal yet)")
+    finally:
+        await cache.close()

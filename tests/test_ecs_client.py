@@ -105,6 +105,34 @@ def test_full_uri_hosts_botocore_refuses(url: str) -> None:
     assert "sig=abc" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("url", "label"),
+    [
+        (f"http://127.0.0.1:8080/v2/credentials/{CRED_ID}", "http://127.0.0.1:8080/v2/credentials/****"),
+        (f"http://127.0.0.1:8080/creds/{CRED_ID}/role", "http://127.0.0.1:8080/creds/****"),
+        (f"https://creds.example.com/get?id={CRED_ID}", "https://creds.example.com/****"),
+        (f"http://user:{CRED_ID}@localhost/x", "http://localhost/****"),
+        ("http://169.254.170.23/v1/credentials", "http://169.254.170.23/v1/****"),
+        (f"http://localhost/{CRED_ID}", "http://localhost/****"),
+    ],
+)
+def test_full_uri_is_masked_as_relative_is(url: str, label: str) -> None:
+    # One masking for both variables: the credential id may sit anywhere in a FULL_URI.
+    endpoints = Endpoints.from_environ({V4: "http://169.254.170.2/v4/x", FULL: url})
+    assert endpoints.credentials_url == url
+    assert endpoints.credentials_label == label
+    assert CRED_ID not in repr(endpoints)
+
+
+async def test_full_uri_errors_never_show_the_credential_id(session: aiohttp.ClientSession) -> None:
+    env = {V4: "http://127.0.0.1:9/v4/x", FULL: f"http://127.0.0.1:9/v2/credentials/{CRED_ID}"}
+    ecs = EcsClient(session, Endpoints.from_environ(env))
+    with pytest.raises(UpstreamError, match="cannot connect") as info:
+        await ecs.credentials(obtained_at=START)
+    assert "127.0.0.1:9/v2/credentials/****" in str(info.value)
+    assert_no_secret(str(info.value))
+
+
 def test_relative_wins_over_full_and_token_file_over_token(tmp_path: Path) -> None:
     env = {
         V4: "http://169.254.170.2/v4/x",

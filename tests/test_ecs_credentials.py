@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -156,23 +157,130 @@ async def test_served_through_failures_until_they_truly_expire(
     assert cache.current() is not None
 
 
-@pytest.mark.parametrize(("status", "first_step"), [(429, 5.0), (500, 1.0), (503, 1.0)])
-async def test_failures_back_off_exponentially_with_a_cap(
-    agent: FakeEcsAgent, make_cache: MakeCache, sleeper: SteppedSleep, status: int, first_step: float
+@pytest.mark.parametrize("status", [429, 500, 503])
+async def test_without_credentials_attempts_are_one_to_one_and_a_half_seconds_apart(
+    agent: FakeEcsAgent, make_cache: MakeCache, sleeper: SteppedSleep, status: int
 ) -> None:
+    # Nothing to serve: every gap is recovery time lost, so the gaps stay within 1..1.5 s (the
+    # old exponential backoff to 60 s made credentials come back up to a minute late); a 429
+    # waits the longest gap allowed. Clients in between add no upstream call.
     agent.status["credentials"] = status
     cache = make_cache()
     cache.start()
     delays = [await sleeper.wait_parked(CREDS_LOOP)]
     for _ in range(9):
         delays.append(await sleeper.step(CREDS_LOOP))
-    for n, delay in enumerate(delays):
-        step = min(60.0, first_step * 2**n)
-        assert step / 2 <= delay <= step
-    assert max(delays) <= 60.0
+        assert await cache.within(0.5) is None
+    assert all(1.0 <= d <= 1.5 for d in delays), delays
+    if status == 429:
+        assert delays == [1.5] * 10
+    else:
+        assert delays[-5:] == [1.5] * 5
     assert agent.calls["credentials"] == 10  # one call per attempt, none from waiting clients
-    assert await cache.within(0.5) is None
-    assert agent.calls["credentials"] == 10
+
+
+async def test_with_valid_credentials_the_gaps_shrink_as_expiry_nears(
+    agent: FakeEcsAgent, make_cache: MakeCache, sleeper: SteppedSleep, clock: ManualClock
+) -> None:
+    # The agent fails from 30 minutes before expiry: the backoff grows (to 60 s at most) but
+    # no gap exceeds a tenth of the life left, so the attempts crowd towards the expiry
+    # instead of jumping past it; the loop wakes at the expiry itself.
+    cache = make_cache()
+    creds = await cache.refresh()
+    assert creds is not None
+    cache.start()
+    await sleeper.wait_parked(CREDS_LOOP)
+    agent.status["credentials"] = 500
+    delay = await sleeper.step(CREDS_LOOP)  # to 30 minutes before expiry: the first failure
+    gaps: list[tuple[float, float]] = []  # (life left when sleeping, delay)
+    while clock.time() < creds.expiration:
+        left = creds.expiration - clock.time()
+        gaps.append((left, delay))
+        assert delay <= max(1.0, 0.1 * left) + 1e-9, (left, delay)
+        assert delay <= min(60.0, left) or delay == 1.0
+        delay = await sleeper.step(CREDS_LOOP)
+    assert clock.time() == pytest.approx(creds.expiration, abs=1.0)
+    late = [d for left, d in gaps if left < 120]
+    assert late and max(late) <= 12.0
+    assert gaps[-1][1] <= 1.0
+    assert cache.current() is None
+    assert delay <= 1.5  # the rest of the gap that straddled the expiry
+    assert 1.0 <= await sleeper.step(CREDS_LOOP) <= 1.5  # expired: the recovery regime
+
+
+async def test_credentials_are_back_within_one_and_a_half_seconds_of_recovery(
+    agent: FakeEcsAgent, make_cache: MakeCache, sleeper: SteppedSleep, clock: ManualClock
+) -> None:
+    cache = make_cache()
+    creds = await cache.refresh()
+    assert creds is not None
+    cache.start()
+    await sleeper.wait_parked(CREDS_LOOP)
+    agent.status["credentials"] = 500
+    while cache.current() is not None:
+        await sleeper.step(CREDS_LOOP)
+    for _ in range(20):  # an outage of ~30 s after the expiry
+        await sleeper.step(CREDS_LOOP)
+    del agent.status["credentials"]  # the agent recovers now
+    recovered = clock.time()
+    while cache.current() is None:
+        await sleeper.step(CREDS_LOOP)
+        assert clock.time() - recovered <= 1.5
+    assert cache.current() is not None
+
+
+async def test_one_warning_at_expiry_and_one_info_when_back(
+    agent: FakeEcsAgent,
+    make_cache: MakeCache,
+    sleeper: SteppedSleep,
+    clock: ManualClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    changes: list[bool] = []
+    caplog.set_level(logging.INFO, logger="metamock.ecs.credentials")
+    cache: CredentialCache = make_cache(on_change=lambda: changes.append(cache.current() is not None))
+    creds = await cache.refresh()
+    assert creds is not None
+    cache.start()
+    await sleeper.wait_parked(CREDS_LOOP)
+    agent.status["credentials"] = 500
+    while clock.time() < creds.expiration:
+        await sleeper.step(CREDS_LOOP)
+    for _ in range(10):
+        await sleeper.step(CREDS_LOOP)
+    assert changes == [True, False]  # the listener heard of the expiry at once
+    del agent.status["credentials"]
+    while cache.current() is None:
+        await sleeper.step(CREDS_LOOP)
+    assert changes == [True, False, True]
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO]
+    url = f"container credentials http://127.0.0.1:{agent.port}/v2/credentials/****"
+    assert [m for level, m in lines if level == "WARNING"] == [
+        f"{url}: HTTP 500 Error; serving cached credentials (1800 s left); next attempt in 1.0 s",
+        f"credentials ****LE00 expired unrenewed ({url}: HTTP 500 Error); the role paths answer 404 "
+        "until the upstream answers (asking every 1.5 s at most)",
+    ]
+    infos = [m for level, m in lines if level == "INFO"]
+    assert len(infos) == 2
+    back = r"credentials \*\*\*\*LE00 obtained, valid for \d+ s \(back after \d+ s without credentials\)"
+    assert re.fullmatch(back, infos[1]), infos[1]
+
+
+async def test_an_expired_answer_is_warned_about_once(
+    agent: FakeEcsAgent, make_cache: MakeCache, sleeper: SteppedSleep, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The agent keeps answering credentials that expired: "expired N s ago" with N growing was a
+    # new WARNING at every attempt.
+    agent.credential_lifetime = None
+    agent.base_credentials["Expiration"] = iso_z(START - 60)
+    cache = make_cache()
+    cache.start()
+    await sleeper.wait_parked(CREDS_LOOP)
+    for _ in range(10):
+        await sleeper.step(CREDS_LOOP)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("upstream answered credentials that expired 60 s ago")
 
 
 async def test_expired_answer_is_not_accepted(agent: FakeEcsAgent, make_cache: MakeCache) -> None:

@@ -95,13 +95,39 @@ def credentials_endpoint(
         if not relative.startswith("/"):
             raise SettingsError(RELATIVE, "must be a path starting with '/'")
         url = f"http://{credentials_host or CREDENTIALS_HOST}{relative}"
-        head, _, _ = url.rpartition("/")
-        # The id in the relative URI lets anyone on the host fetch the role: never log it.
-        return CredentialsEndpoint(url, f"{head}/****", RELATIVE, token_file, token)
+        return CredentialsEndpoint(url, masked_url(url), RELATIVE, token_file, token)
     if full:
         _check_full_uri(full)
-        return CredentialsEndpoint(full, _label(full), FULL, token_file, token)
+        return CredentialsEndpoint(full, masked_url(full), FULL, token_file, token)
     return None
+
+
+# A path segment shown as is in a credentials URL's label: a plain word or an API version.
+_PLAIN_SEGMENT = re.compile(r"^(?:[A-Za-z][A-Za-z_-]{0,31}|v\d{1,2})$")
+
+
+def masked_url(url: str) -> str:
+    """A credentials URL as it may be logged, in every mode (RELATIVE_URI and FULL_URI): the
+    scheme, host and port; the path's leading plain words (`/v2/credentials`); then `****` for
+    the last segment and for everything from the first segment that is not a plain word. No
+    user info, query or fragment.
+
+    Why so much: the credential id (RELATIVE_URI's last segment; anywhere in a FULL_URI, which
+    is any URL the platform chose) lets anyone who can reach the endpoint fetch the role.
+    """
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc.rpartition("@")[2]
+    except ValueError:
+        return "(unparsable URL)"
+    segments = parts.path.split("/")[1:]
+    shown: list[str] = []
+    for segment in segments[:-1]:
+        if not _PLAIN_SEGMENT.match(segment):
+            break
+        shown.append(segment)
+    masked = "/".join([*shown, "****"]) if segments else ""
+    return f"{parts.scheme}://{netloc}/{masked}" if masked else f"{parts.scheme}://{netloc}"
 
 
 def read_token_file(path: Path) -> str:
@@ -154,7 +180,7 @@ def _check_full_uri(url: str) -> None:
     if parts.scheme == "https" and host:
         return
     if parts.scheme != "http" or not host:
-        raise SettingsError(FULL, f"not an http(s) URL: {_label(url)}")
+        raise SettingsError(FULL, f"not an http(s) URL: {masked_url(url)}")
     try:
         if ipaddress.ip_address(host).is_loopback:
             return

@@ -3,6 +3,11 @@
 Built once from a nested mapping (dict = directory, str = text, bytes = octet-stream, `Leaf` = explicit),
 flattened into path -> Node with the response bytes pre-rendered. A listing is rendered from the same
 children that resolve, so the two can never disagree.
+
+A tree holding credentials ends when they expire: `until(expires, then)` pairs it with the tree
+built without them, and `at(now)` is the one to answer from at that instant. Swapping whole
+trees, not leaves, is what keeps every listing resolving at every instant, the expiry included:
+`meta-data/` stops naming `iam/`, and `iam/info` goes with the role, at the same instant.
 """
 
 from __future__ import annotations
@@ -69,11 +74,31 @@ class Node:
 class Tree:
     """Immutable once built; `get("meta-data/instance-id")` answers a path without version or slashes."""
 
-    __slots__ = ("_nodes", "built_at")
+    __slots__ = ("_nodes", "built_at", "expires", "then")
 
-    def __init__(self, nodes: dict[str, Node], built_at: float = 0.0) -> None:
+    def __init__(
+        self,
+        nodes: dict[str, Node],
+        built_at: float = 0.0,
+        *,
+        expires: float | None = None,
+        then: Tree | None = None,
+    ) -> None:
         self._nodes = nodes
         self.built_at = built_at
+        self.expires = expires  # epoch seconds from which `then` answers instead
+        self.then = then
+
+    def until(self, expires: float, then: Tree) -> Tree:
+        """This tree until `expires` (epoch seconds, exclusive), `then` from that instant."""
+        return Tree(self._nodes, self.built_at, expires=expires, then=then)
+
+    def at(self, now: float) -> Tree:
+        """The tree to answer from at `now`: the same predicate as a leaf's `expires`."""
+        tree = self
+        while tree.expires is not None and now >= tree.expires:
+            tree = tree.then if tree.then is not None else _EMPTY
+        return tree
 
     @classmethod
     def build(cls, root: Mapping[str, Any], built_at: float = 0.0) -> Tree:
@@ -99,6 +124,9 @@ class Tree:
 
     def __len__(self) -> int:
         return len(self._nodes)
+
+
+_EMPTY = Tree({})
 
 
 def _flatten(directory: Mapping[str, Any], prefix: str, nodes: dict[str, Node]) -> bool:

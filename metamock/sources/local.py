@@ -47,12 +47,14 @@ REMOVED_PROVIDERS = ("container-role", "iam-role")
 #   cache's default 30 min would renew 30-min credential_process answers without a pause);
 # - static keys are re-dated every 4 h, so their synthetic expiry is always >= 2 h away;
 # - a failed renewal waits 15 s, doubling to 5 min (jittered): each attempt is a botocore
-#   resolution or an STS call, and there is no 429 to tell STS throttling apart.
+#   resolution or an STS call, and there is no 429 to tell STS throttling apart; with no valid
+#   credentials left, every 15 s at most (an `aws sso login` is picked up within 15 s).
 LOCAL_POLICY = RefreshPolicy(
     refresh_before=20 * 60.0,
     backoff_base=15.0,
     throttled_base=15.0,
     backoff_cap=300.0,
+    expired_retry=15.0,
     renew_every=STATIC_LIFETIME - 2 * 3600.0,
 )
 CACHE_NAME = "metamock-local-credentials"  # the cache's tasks: <name>-refresh, <name>-fetch

@@ -10,6 +10,10 @@ Paths (ids as Fargate uses them):
   /v2/credentials/<CRED_ID> role credentials (RELATIVE_URI)
   /v1/credentials           EKS Pod Identity shape, needs Authorization == `auth_token`
   /_calls                   call counters, for tests
+  /_steer?credentials=500   steering from another process (a test driving the agent in a
+                            namespace): `<kind>=<status>|hang|` (empty: answer again),
+                            `expires_in=S` (the same credentials from now on, expiring S s from
+                            now), `rotate=1`; answers the call counters
 """
 
 from __future__ import annotations
@@ -124,6 +128,8 @@ class FakeEcsAgent:
         self.requests.append((path, dict(request.headers)))
         if path == "/_calls":
             return web.json_response(dict(self.calls))
+        if path == "/_steer":
+            return self._steer_from(request.query)
         if path == f"/v4/{TASK_ID}/task":
             return await self._steer("task") or web.json_response(self.task)
         if path == f"/v4/{TASK_ID}":
@@ -153,6 +159,27 @@ class FakeEcsAgent:
                 {"code": "InvalidIdInRequest", "message": "bad id", "HTTPErrorCode": 400}, status=400
             )
         return web.Response(status=404, text="404 page not found")
+
+    def _steer_from(self, query: Any) -> web.Response:
+        for kind in ("task", "container", "credentials"):
+            value = query.get(kind)
+            if value is None:
+                continue
+            self.status.pop(kind, None)
+            self.hang.discard(kind)
+            if value == "hang":
+                self.hang.add(kind)
+            elif value:
+                self.status[kind] = int(value)
+        if "expires_in" in query:
+            self.credential_lifetime = None
+            self.base_credentials = {
+                **self.base_credentials,
+                "Expiration": _iso(self.now() + float(query["expires_in"])),
+            }
+        if query.get("rotate"):
+            self.rotate()
+        return web.json_response(dict(self.calls))
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         app = web.Application()
