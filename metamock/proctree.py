@@ -59,6 +59,25 @@ def snapshot() -> dict[int, Proc]:
     return table
 
 
+def children(pid: int) -> list[Proc]:
+    """The children of `pid` (of any of its threads), exited-but-unreaped ones included."""
+    try:
+        with os.scandir(f"{PROC}/{pid}/task") as tasks:
+            files = [Path(task.path, "children") for task in tasks]
+    except OSError:
+        return []
+    if not files or not files[0].exists():  # a kernel without CONFIG_PROC_CHILDREN: by parent
+        return [proc for proc in snapshot().values() if proc.ppid == pid]
+    listed: list[str] = []
+    for file in files:
+        try:
+            listed += file.read_text().split()
+        except OSError:  # that thread has ended
+            continue
+    found = [read(int(name)) for name in listed]
+    return [proc for proc in found if proc is not None and proc.ppid == pid]
+
+
 def descendants(table: Mapping[int, Proc], roots: Iterable[int]) -> dict[int, Proc]:
     """The roots found in `table` and every process below them."""
     below: dict[int, list[Proc]] = {}

@@ -2,9 +2,11 @@
 reverse order within a grace period, and reap every child, orphans included.
 
 Children are spawned with posix_spawn (own process group, default signal dispositions, empty
-signal mask) and reaped by one SIGCHLD handler calling waitpid(-1): as PID 1 or as a child
-subreaper that is the only way orphans are collected. It also means nothing else in this
-process may spawn and wait for children while the supervisor runs.
+signal mask) and reaped by one SIGCHLD handler: as PID 1 or as a child subreaper it collects the
+orphans of their trees too. It waits for those pids only, never waitpid(-1): that would also take
+the exit status of a tool other code here runs meanwhile (`nft` through subprocess, in a thread),
+which subprocess then reports as 0, a failed command taken for success. Such tools stay in this
+process's own process group (subprocess's default), which is how the reaper tells them apart.
 
 A stop ends the whole tree the programs started, not only the programs: after the programs
 have stopped (in order), what they left behind (their process groups, daemons that left those
@@ -125,6 +127,7 @@ class Supervisor:
         self._subreaper = False
         # This process's children from before start() (a test runner's, say): not the programs'.
         self._foreign: set[tuple[int, int]] = set()
+        self._group = os.getpgid(0)
         self.orphans_reaped = 0
 
     async def start(self) -> None:
@@ -135,9 +138,8 @@ class Supervisor:
             self._subreaper = become_subreaper()
             if not self._subreaper:
                 log.warning("could not become a child subreaper; orphans will go to PID 1")
+        self._foreign = {(p.pid, p.start) for p in proctree.children(os.getpid())}
         self._loop.add_signal_handler(signal.SIGCHLD, self._reap)
-        me = os.getpid()
-        self._foreign = {(p.pid, p.start) for p in proctree.snapshot().values() if p.ppid == me}
         for child in self.children:
             self._launch(child)
         self._keepers = [asyncio.create_task(self._keep(c)) for c in self.children]
@@ -177,15 +179,13 @@ class Supervisor:
         and children in this process's own group (tools it runs itself, `nft` say, are spawned
         without a group of their own, while every program gets one).
         """
-        me, own_group = os.getpid(), os.getpgid(0)
         table = proctree.snapshot()
-        roots = [
-            p.pid
-            for p in table.values()
-            if p.ppid == me
-            and (p.pid in self._by_pid or (p.pgid != own_group and (p.pid, p.start) not in self._foreign))
-        ]
+        roots = [p.pid for p in proctree.children(os.getpid()) if p.pid in self._by_pid or self._adopted(p)]
         return proctree.descendants(table, roots)
+
+    def _adopted(self, proc: proctree.Proc) -> bool:
+        """Whether this child of ours, not a program, is of the programs' trees (an orphan)."""
+        return proc.pgid != self._group and (proc.pid, proc.start) not in self._foreign
 
     async def close(self) -> None:
         """Kill what still runs (after wait() nothing does), stop reaping, undo the subreaper."""
@@ -233,21 +233,32 @@ class Supervisor:
         log.info("%s: started (pid %d)", spec.name, pid)
 
     def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            child = self._by_pid.pop(pid, None)
-            if child is None:
-                self.orphans_reaped += 1
-                log.debug("reaped orphan pid %d", pid)
-                continue
-            child.pid = None
-            if child.exited is not None and not child.exited.done():
-                child.exited.set_result(exit_code(status))
+        """Collect the programs that exited and the exited orphans of their trees."""
+        for pid in list(self._by_pid):
+            self._collect(pid)
+        for proc in proctree.children(os.getpid()):
+            if not proc.alive and proc.pid not in self._by_pid and self._adopted(proc):
+                self._collect(proc.pid)
+
+    def _collect(self, pid: int) -> None:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            if pid not in self._by_pid:
+                return  # an orphan someone else took meanwhile
+            # A program reaped elsewhere (nothing here does that): its code is lost; ending
+            # its wait beats a stop that never finishes.
+            done, status = pid, 0
+        if done == 0:
+            return
+        child = self._by_pid.pop(pid, None)
+        if child is None:
+            self.orphans_reaped += 1
+            log.debug("reaped orphan pid %d", pid)
+            return
+        child.pid = None
+        if child.exited is not None and not child.exited.done():
+            child.exited.set_result(exit_code(status))
 
     async def _keep(self, child: _Child) -> None:
         """Watch one child; restart it per its policy until a stop begins."""

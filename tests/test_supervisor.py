@@ -265,3 +265,17 @@ async def test_processes_the_programs_did_not_start_are_left_alone(
     finally:
         before.kill()
         before.wait()
+
+
+async def test_a_tool_run_meanwhile_keeps_its_exit_code(tmp_path: Path, run_sup: list[Supervisor]) -> None:
+    # How the netfilter code runs nft/iptables while the sidecar supervises: subprocess, in a
+    # thread. A reaper calling waitpid(-1) took their status, and subprocess then said 0.
+    sup = await start(run_sup, spec("idle", ("/bin/sleep", "60")))
+
+    def tool() -> int:
+        return subprocess.run(["sh", "-c", "exit 3"], capture_output=True, timeout=10, check=False).returncode
+
+    codes = [await asyncio.to_thread(tool) for _ in range(100)]
+    assert codes == [3] * 100
+    sup.request_stop()
+    assert await sup.wait() == 0
