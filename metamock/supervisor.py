@@ -289,7 +289,8 @@ class Supervisor:
             self._launch(child)
 
     async def _stop_all(self, signum: int) -> int:
-        """Signal children in reverse start order, each awaited, all within `grace`; then KILL."""
+        """Signal children in reverse start order, each awaited, then what their trees left, all
+        within `grace`; then SIGKILL whatever of the trees is left, and reap it."""
         deadline = self.clock.monotonic() + self.grace
         outcome = 0
         running = [c for c in reversed(self.children) if c.pid is not None]
