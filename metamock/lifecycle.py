@@ -31,6 +31,7 @@ from metamock.errors import MetamockError
 from metamock.runtime import install_process_effects
 from metamock.service import Service
 from metamock.settings import Settings
+from metamock.values import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,8 @@ async def run_service(
             log.info("stopped during start-up")
             return 0
         life.service = service
+        if (exposed := remote_exposure(settings, service.port)) is not None:
+            log.warning("%s", exposed)
         try:
             await hooks.prepare(service)
             if life.first is not None:  # stopped while preparing: run nothing
@@ -99,6 +102,22 @@ async def run_service(
                 await service.stop(stop_notice=False)
     finally:
         life.uninstall()
+
+
+def remote_exposure(settings: Settings, port: int) -> str | None:
+    """What a non-loopback listener hands out without a token, and the fix; None when nothing.
+
+    The hop limit is no guard here: it keeps only the token reply from crossing a router, and
+    with tokens optional an IMDSv1 GET needs none, so the role goes to whoever routes to us.
+    """
+    remote = [host for host in settings.hosts if not is_loopback(host)]
+    if not remote or settings.tokens == "required":
+        return None
+    return (
+        f"--allow-remote with --tokens optional: role credentials go to any client that can reach "
+        f"{', '.join(remote)} port {port}, however many hops away (IMDSv1 GETs need no "
+        "token; the hop limit protects only tokens). Set --tokens required"
+    )
 
 
 async def _serve(service: Service, hooks: Hooks, life: _Signals) -> int:

@@ -2,9 +2,17 @@
 reverse order within a grace period, and reap every child, orphans included.
 
 Children are spawned with posix_spawn (own process group, default signal dispositions, empty
-signal mask) and reaped by one SIGCHLD handler calling waitpid(-1): as PID 1 or as a child
-subreaper that is the only way orphans are collected. It also means nothing else in this
-process may spawn and wait for children while the supervisor runs.
+signal mask) and reaped by one SIGCHLD handler: as PID 1 or as a child subreaper it collects the
+orphans of their trees too. It waits for those pids only, never waitpid(-1): that would also take
+the exit status of a tool other code here runs meanwhile (`nft` through subprocess, in a thread),
+which subprocess then reports as 0, a failed command taken for success. Such tools stay in this
+process's own process group (subprocess's default), which is how the reaper tells them apart.
+
+A stop ends the whole tree the programs started, not only the programs: after the programs
+have stopped (in order), what they left behind (their process groups, daemons that left those
+with `setsid`, which as subreaper or PID 1 become our children) gets the same signal, and
+whatever is still there when `grace` is up is SIGKILLed and reaped. The tree is read from /proc
+by parent links (`metamock.proctree`), as no process group or session holds all of it.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from metamock import proctree
 from metamock.clock import Clock, SystemClock
 
 log = logging.getLogger("metamock.supervisor")
@@ -29,6 +38,8 @@ PR_SET_CHILD_SUBREAPER = 36
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 # Dispositions a child must not inherit: everything catchable goes back to SIG_DFL.
 _RESET = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
+POLL = 0.05  # seconds between looks at what is left of the tree while it stops
+KILL_WAIT = 5.0  # after SIGKILL: how long to wait for the tree to go (a process in D state)
 
 
 class Restart(enum.StrEnum):
@@ -114,6 +125,9 @@ class Supervisor:
         self._failed: asyncio.Future[int] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subreaper = False
+        # This process's children from before start() (a test runner's, say): not the programs'.
+        self._foreign: set[tuple[int, int]] = set()
+        self._group = os.getpgid(0)
         self.orphans_reaped = 0
 
     async def start(self) -> None:
@@ -124,6 +138,7 @@ class Supervisor:
             self._subreaper = become_subreaper()
             if not self._subreaper:
                 log.warning("could not become a child subreaper; orphans will go to PID 1")
+        self._foreign = {(p.pid, p.start) for p in proctree.children(os.getpid())}
         self._loop.add_signal_handler(signal.SIGCHLD, self._reap)
         for child in self.children:
             self._launch(child)
@@ -156,11 +171,29 @@ class Supervisor:
         code = await self._stop_all(self._stop_signal)
         return failed if failed is not None else code
 
+    def tree(self) -> dict[int, proctree.Proc]:
+        """Every process of the programs' trees still there, exited-but-unreaped ones included.
+
+        Its roots are this process's children: the programs, and the orphans their trees left
+        (a subreaper and PID 1 adopt them). Not roots: children that were here before start(),
+        and children in this process's own group (tools it runs itself, `nft` say, are spawned
+        without a group of their own, while every program gets one).
+        """
+        table = proctree.snapshot()
+        roots = [p.pid for p in proctree.children(os.getpid()) if p.pid in self._by_pid or self._adopted(p)]
+        return proctree.descendants(table, roots)
+
+    def _adopted(self, proc: proctree.Proc) -> bool:
+        """Whether this child of ours, not a program, is of the programs' trees (an orphan)."""
+        return proc.pgid != self._group and (proc.pid, proc.start) not in self._foreign
+
     async def close(self) -> None:
         """Kill what still runs (after wait() nothing does), stop reaping, undo the subreaper."""
         for task in self._keepers:
             task.cancel()
         await asyncio.gather(*self._keepers, return_exceptions=True)
+        if self._loop is not None:
+            await self._kill_tree(asyncio.get_running_loop().time() + KILL_WAIT)
         for child in self.children:
             if child.pid is not None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -200,21 +233,32 @@ class Supervisor:
         log.info("%s: started (pid %d)", spec.name, pid)
 
     def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            child = self._by_pid.pop(pid, None)
-            if child is None:
-                self.orphans_reaped += 1
-                log.debug("reaped orphan pid %d", pid)
-                continue
-            child.pid = None
-            if child.exited is not None and not child.exited.done():
-                child.exited.set_result(exit_code(status))
+        """Collect the programs that exited and the exited orphans of their trees."""
+        for pid in list(self._by_pid):
+            self._collect(pid)
+        for proc in proctree.children(os.getpid()):
+            if not proc.alive and proc.pid not in self._by_pid and self._adopted(proc):
+                self._collect(proc.pid)
+
+    def _collect(self, pid: int) -> None:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            if pid not in self._by_pid:
+                return  # an orphan someone else took meanwhile
+            # A program reaped elsewhere (nothing here does that): its code is lost; ending
+            # its wait beats a stop that never finishes.
+            done, status = pid, 0
+        if done == 0:
+            return
+        child = self._by_pid.pop(pid, None)
+        if child is None:
+            self.orphans_reaped += 1
+            log.debug("reaped orphan pid %d", pid)
+            return
+        child.pid = None
+        if child.exited is not None and not child.exited.done():
+            child.exited.set_result(exit_code(status))
 
     async def _keep(self, child: _Child) -> None:
         """Watch one child; restart it per its policy until a stop begins."""
@@ -245,7 +289,8 @@ class Supervisor:
             self._launch(child)
 
     async def _stop_all(self, signum: int) -> int:
-        """Signal children in reverse start order, each awaited, all within `grace`; then KILL."""
+        """Signal children in reverse start order, each awaited, then what their trees left, all
+        within `grace`; then SIGKILL whatever of the trees is left, and reap it."""
         deadline = self.clock.monotonic() + self.grace
         outcome = 0
         running = [c for c in reversed(self.children) if c.pid is not None]
@@ -260,12 +305,23 @@ class Supervisor:
                 await asyncio.wait_for(asyncio.shield(child.exited), max(0.0, remaining))
             if not child.exited.done():
                 break
+        if all(c.exited is not None and c.exited.done() for c in running):
+            await self._stop_leftovers(signum, deadline)
         for child in running:
             assert child.exited is not None
             if not child.exited.done() and child.pid is not None:
                 log.warning("%s: still running after %gs; killing it", child.spec.name, self.grace)
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(child.pid, signal.SIGKILL)
+        left = [p for p in self.tree().values() if p.alive and p.pid not in self._by_pid]
+        if left:
+            log.warning(
+                "%d process(es) the programs started still running after %gs; killing them (pids %s)",
+                len(left),
+                self.grace,
+                " ".join(str(p.pid) for p in left),
+            )
+        await self._kill_tree(asyncio.get_running_loop().time() + KILL_WAIT)
         for child in running:
             assert child.exited is not None
             code = await child.exited
@@ -273,9 +329,45 @@ class Supervisor:
             log.info("%s: stopped (code %d)", child.spec.name, code)
             if not clean and outcome == 0:
                 outcome = code
-        for child in self.children:
-            # Whatever is left of each child's process group does not outlive the supervisor.
-            if child.pgid is not None and child.pgid > 1:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(child.pgid, signal.SIGKILL)
         return outcome
+
+    async def _stop_leftovers(self, signum: int, deadline: float) -> None:
+        """The programs are gone: send `signum` to what they left, wait for it until `deadline`.
+
+        What a leftover forks while it stops is found at the next look and signalled too.
+        """
+        signalled: set[tuple[int, int]] = set()
+        while True:
+            self._reap()
+            live = [p for p in self.tree().values() if p.alive]
+            if not live:
+                return
+            fresh = [p for p in live if (p.pid, p.start) not in signalled]
+            if fresh:
+                log.info(
+                    "stopping %d process(es) the programs left behind (pids %s)",
+                    len(fresh),
+                    " ".join(str(p.pid) for p in fresh),
+                )
+            for proc in fresh:
+                signalled.add((proc.pid, proc.start))
+                proctree.send(proc, signum)
+            remaining = deadline - self.clock.monotonic()
+            if remaining <= 0:
+                return
+            await asyncio.sleep(min(POLL, remaining))
+
+    async def _kill_tree(self, until: float) -> None:
+        """SIGKILL the whole tree until none of it runs (or `until`, loop time), reaping it."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self._reap()
+            live = [p for p in self.tree().values() if p.alive]
+            if not live:
+                return
+            if loop.time() >= until:
+                log.warning("pids %s survive SIGKILL (uninterruptible?)", " ".join(str(p.pid) for p in live))
+                return
+            for proc in live:
+                proctree.send(proc, signal.SIGKILL)
+            await asyncio.sleep(0.01)

@@ -251,3 +251,28 @@ def test_sigterm_during_start_up_exits_0(netns: NetNS, tmp_path: Path) -> None:
             proc.kill()
     assert "sidecar ready" not in log.read_text()
     assert "never: started" not in log.read_text()
+
+
+def test_a_setsid_daemon_gets_sigterm_before_pid1_exits(ecs_netns: NetNS, tmp_path: Path) -> None:
+    # As PID 1 the kernel SIGKILLs what is left when the sidecar exits; the daemon must be asked
+    # first, as the programs are, so it can flush.
+    prog = tmp_path / "prog.sh"
+    prog.write_text(
+        "#!/bin/sh\n"
+        'setsid sh -c \'trap "echo term > $DIR/daemon.term; exit 0" TERM; touch $DIR/daemon.up; '
+        "while :; do sleep 0.05; done' &\n"
+        "exec sleep 600\n"
+    )
+    prog.chmod(0o755)
+    proc, pid1, log = start_sidecar(ecs_netns, tmp_path, "--grace", "5", "--run", f"prog={prog}")
+    try:
+        until((tmp_path / "daemon.up").exists, 20, "daemon up", log)
+        began = time.monotonic()
+        os.kill(pid1, signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0, log.read_text()[-4000:]
+        took = time.monotonic() - began
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (tmp_path / "daemon.term").read_text() == "term\n"
+    assert took < 4, log.read_text()[-4000:]  # the stop notice (1 s), not the grace

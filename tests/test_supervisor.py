@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import os
 import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -207,3 +208,74 @@ async def test_children_get_exactly_their_environment(tmp_path: Path, run_sup: l
 async def test_missing_command_is_127(run_sup: list[Supervisor]) -> None:
     sup = await start(run_sup, spec("ghost", ("/nonexistent/agent",), Restart.NEVER))
     assert await asyncio.wait_for(sup.wait(), 5) == 127
+
+
+async def test_the_whole_tree_is_stopped_setsid_daemons_included(
+    tmp_path: Path, run_sup: list[Supervisor]
+) -> None:
+    log = tmp_path / "log"
+    daemon = f"trap 'echo daemon term >> {log}; exit 0' TERM; echo daemon up >> {log}; while :; do sleep 0.05; done"
+    body = f'setsid sh -c "{daemon}" &\n(sleep 60 &)\nexec sleep 60\n'
+    sup = await start(run_sup, spec("p", script(tmp_path, "p", body)), grace=5.0)
+    await until(lambda: log.exists() and "daemon up" in log.read_text())
+    await until(lambda: len([p for p in sup.tree().values() if p.alive]) >= 4)  # p, 2 sleeps, daemon
+    began = time.monotonic()
+    sup.request_stop(signal.SIGTERM)
+    assert await sup.wait() == 0
+    assert time.monotonic() - began < 2  # all took the SIGTERM: no wait for the grace
+    assert "daemon term" in log.read_text()
+    assert sup.tree() == {}
+    assert zombies_of(os.getpid()) == []
+
+
+async def test_a_daemon_ignoring_sigterm_is_killed_when_the_grace_is_up(
+    tmp_path: Path, run_sup: list[Supervisor]
+) -> None:
+    up = tmp_path / "up"
+    body = f"setsid sh -c 'trap \"\" TERM; touch {up}; while :; do sleep 0.05; done' &\nexec sleep 60\n"
+    sup = await start(run_sup, spec("p", script(tmp_path, "p", body)), grace=1.0)
+    await until(up.exists)
+    began = time.monotonic()
+    sup.request_stop(signal.SIGTERM)
+    assert await sup.wait() == 0  # the program stopped on the SIGTERM
+    assert 0.9 < time.monotonic() - began < 2.5
+    assert sup.tree() == {}
+    assert zombies_of(os.getpid()) == []
+
+
+async def test_processes_the_programs_did_not_start_are_left_alone(
+    tmp_path: Path, run_sup: list[Supervisor]
+) -> None:
+    # One from before start() in a session of its own, one from after in this process's group
+    # (how metamock runs its own tools): neither is part of the programs' tree.
+    before = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        sup = await start(run_sup, spec("p", script(tmp_path, "p", "exec sleep 60\n")))
+        after = subprocess.Popen(["sleep", "60"])
+        try:
+            assert before.pid not in sup.tree()
+            assert after.pid not in sup.tree()
+            sup.request_stop(signal.SIGTERM)
+            assert await sup.wait() == 0
+            assert before.poll() is None
+            assert after.poll() is None
+        finally:
+            after.kill()
+            after.wait()  # the supervisor's reaper may win: then wait() finds nothing (code 0)
+    finally:
+        before.kill()
+        before.wait()
+
+
+async def test_a_tool_run_meanwhile_keeps_its_exit_code(tmp_path: Path, run_sup: list[Supervisor]) -> None:
+    # How the netfilter code runs nft/iptables while the sidecar supervises: subprocess, in a
+    # thread. A reaper calling waitpid(-1) took their status, and subprocess then said 0.
+    sup = await start(run_sup, spec("idle", ("/bin/sleep", "60")))
+
+    def tool() -> int:
+        return subprocess.run(["sh", "-c", "exit 3"], capture_output=True, timeout=10, check=False).returncode
+
+    codes = [await asyncio.to_thread(tool) for _ in range(100)]
+    assert codes == [3] * 100
+    sup.request_stop()
+    assert await sup.wait() == 0
