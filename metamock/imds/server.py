@@ -16,6 +16,7 @@ from typing import NamedTuple, Protocol
 
 from aiohttp import web
 
+from metamock.imds.counters import RequestCounters
 from metamock.imds.limits import ConnectionLimits, LimitedServer
 from metamock.imds.tokens import MAX_TTL, MIN_TTL, TokenSigner
 from metamock.imds.tree import BASE_HEADERS, TEXT, Tree
@@ -69,7 +70,8 @@ class TreeHolder(Protocol):
 
 
 class ImdsHandler:
-    """The request handler. `tokens_required` = IMDSv1 off; `hop_limit` = IP TTL of token replies."""
+    """The request handler. `tokens_required` = IMDSv1 off; `hop_limit` = IP TTL of token replies;
+    `counters` counts every answer (`metamock status`)."""
 
     def __init__(
         self,
@@ -80,8 +82,11 @@ class ImdsHandler:
         hop_limit: int = 1,
         extra_hosts: frozenset[str] = frozenset(),
         credential_wait: float = 0.5,
+        counters: RequestCounters | None = None,
     ) -> None:
         self._holder = holder
+        self.counters = counters if counters is not None else RequestCounters()
+        self._count = self.counters.count
         self._now = holder.now
         self._signer = signer
         self._required = tokens_required
@@ -136,6 +141,11 @@ class ImdsHandler:
         return route
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        response = await self._respond(request)
+        self._count(response.status, request.raw_path)
+        return response
+
+    async def _respond(self, request: web.BaseRequest) -> web.StreamResponse:
         headers = request.headers
         host = headers.get("Host")
         if host is not None and not self._host_allowed(host):
@@ -221,13 +231,20 @@ MAX_LINE = 16384
 MAX_FIELD = 16384
 
 
-def make_server(handler: Handler, *, limits: ConnectionLimits | None = None) -> LimitedServer:
+def make_server(
+    handler: Handler, *, limits: ConnectionLimits | None = None, access_log: bool = False
+) -> LimitedServer:
     """aiohttp's low-level server around `handler` within `limits` (default: the production
-    `ConnectionLimits()`), without an access log (it would log paths at a rate that costs more
-    than the answers).
+    `ConnectionLimits()`). aiohttp's own access log stays off (its format shows the query string,
+    where a token may hide); `access_log` wraps `handler` in ours (metamock.imds.access), so when
+    it is off the hot path does not even test a flag.
 
     Process-wide settings (the `Server` banner of aiohttp's own 400s, the aiohttp log filter) are
     not made here: `metamock.runtime.install_process_effects()` makes them once at start-up."""
+    if access_log:
+        from metamock.imds.access import AccessLogged
+
+        handler = AccessLogged(handler)
     return LimitedServer(
         handler,
         limits=limits,
