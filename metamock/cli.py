@@ -48,6 +48,19 @@ def _top_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run metamock with `argv` (default: sys.argv[1:]) and return the exit code."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
+    except BrokenPipeError:
+        # `metamock netfilter status | head -1`: the reader left. The Python docs' recipe: point
+        # stdout at /dev/null so the flush at exit does not raise again, and exit 1 quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if not args_list or args_list[0] not in COMMANDS:
         parser = _top_parser()
@@ -72,17 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     configure_logging(options)
     try:
-        code = module.run(args)
-        sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
-        return code
+        return module.run(args)
     except MetamockError as exc:
         print(f"metamock {name}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        # `metamock netfilter status | head -1`: the reader left. The Python docs' recipe: point
-        # stdout at /dev/null so the flush at exit does not raise again, and exit 1 quietly.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 1

@@ -141,39 +141,40 @@ class ImdsHandler:
         return route
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        response = await self._respond(request)
-        self._count(response.status, request.raw_path)
-        return response
-
-    async def _respond(self, request: web.BaseRequest) -> web.StreamResponse:
+        # Every answer is counted (`metamock status`): the hot one, a metadata hit, by one
+        # attribute increment; the others through `_done`, which also keeps 401/404 paths.
+        done = self._done
         headers = request.headers
         host = headers.get("Host")
         if host is not None and not self._host_allowed(host):
             # DNS rebinding guard: a browser tricked into calling us carries a foreign Host.
-            return self._empty(403)
+            return done(request, self._empty(403))
         route = self._route(request.raw_path)
         kind = route.kind
         method = request.method
         if method == "PUT":
             if kind == TOKEN:
-                return self._put_token(request)
-            return self._empty(403) if kind == BAD_TOKEN_PATH else self._empty(405, Allow="GET, HEAD")
+                return done(request, self._put_token(request))
+            return done(
+                request, self._empty(403) if kind == BAD_TOKEN_PATH else self._empty(405, Allow="GET, HEAD")
+            )
         if kind in (TOKEN, BAD_TOKEN_PATH):
-            return self._empty(405, Allow="OPTIONS, PUT")
+            return done(request, self._empty(405, Allow="OPTIONS, PUT"))
         if method != "GET" and method != "HEAD":  # noqa: PLR1714
-            return self._empty(405, Allow="GET, HEAD")
+            return done(request, self._empty(405, Allow="GET, HEAD"))
         token = headers.get(TOKEN_HEADER)
         if token is None:
             if self._required:
-                return self._empty(401)
+                return done(request, self._empty(401))
         elif not self._signer.valid(token):
-            return self._empty(401)
+            return done(request, self._empty(401))
         if kind == METADATA:
             node = self._holder.tree.get(route.key)
             if node is not None and (node.expires is None or self._now() < node.expires):
                 body = node.rendered
                 if body is None:  # a lazy leaf's first request (the signatures): off the loop
                     body = await node.render()
+                self.counters.ok += 1
                 return web.Response(body=body, headers=node.headers.copy())
             # Fetch on demand only when credentials are missing or expired, not for any unknown
             # name under iam/ (that rebuilt the tree per request: an unauthenticated CPU amplifier).
@@ -182,11 +183,15 @@ class ImdsHandler:
                 node = self._holder.tree.get(route.key)
                 if node is not None and (node.expires is None or self._now() < node.expires):
                     # Credentials are never lazy leaves: `body` renders nothing here.
-                    return web.Response(body=node.body, headers=node.headers.copy())
-            return self._not_found()
+                    return done(request, web.Response(body=node.body, headers=node.headers.copy()))
+            return done(request, self._not_found())
         if kind == VERSIONS:
-            return web.Response(body=_VERSIONS_BODY, headers=self._text_headers)
-        return self._not_found()
+            return done(request, web.Response(body=_VERSIONS_BODY, headers=self._text_headers))
+        return done(request, self._not_found())
+
+    def _done(self, request: web.BaseRequest, response: web.Response) -> web.Response:
+        self._count(response.status, request.raw_path)
+        return response
 
     def _not_found(self) -> web.Response:
         return web.Response(status=404, body=NOT_FOUND_BODY, headers=self._not_found_headers)
