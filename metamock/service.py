@@ -95,6 +95,7 @@ class Service:
         self._watcher: asyncio.Task[None] | None = None
         # For `metamock status`: since when, what was answered, the last upstream problem.
         self.started_at = self.clock.time()
+        self.listening: list[str] = []  # the hosts bound (without ::1 when only IPv4 works)
         self.counters = RequestCounters()
         self.upstream_problems = UpstreamProblems()
 
@@ -230,6 +231,7 @@ class Service:
                 log.warning("not listening on [::1]:%d (%s); IPv4 only", self.port, exc.strerror)
                 continue
             bound += 1
+            self.listening.append(host)
             self.port = site.port  # the bound port: with --port 0, the one the kernel chose
         if not bound:
             raise SettingsError("--host", "no address could be listened on")

@@ -22,16 +22,15 @@ if TYPE_CHECKING:
     from metamock.service import Service
 
 REDIRECT_TIMEOUT = 4.0  # below the client's 10 s; nft/iptables are bounded by their own timeouts
-PROBLEM_LOGGERS = ("metamock.ecs", "metamock.sources")  # the credential cache and the sources
+# The credential cache of every source: it logs each new kind of fetch failure once at WARNING,
+# with the reason (the sources' own warnings after it only say "retrying").
+PROBLEM_LOGGERS = ("metamock.ecs.credentials",)
 MAX_PROBLEM = 300
 
 
 class UpstreamProblems(logging.Handler):
-    """Keeps the last WARNING-or-worse line of the upstream loggers, with its time.
-
-    The credential cache logs each new kind of failure once at WARNING (then quietly at DEBUG):
-    the last such line is "the last upstream error". Attached by the service while it runs.
-    """
+    """Keeps the last WARNING-or-worse line of the credential cache, with its time: "the last
+    upstream error". Attached by the service while it runs."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -62,7 +61,7 @@ async def collect(service: Service, *, redirect: bool = True) -> dict[str, Any]:
         "started_at": iso_z(service.started_at),
         "uptime": max(0.0, round(now - service.started_at, 1)),
         "source": settings.resolved_source(),
-        "listen": [f"[{h}]:{service.port}" if ":" in h else f"{h}:{service.port}" for h in settings.hosts],
+        "listen": [f"[{h}]:{service.port}" if ":" in h else f"{h}:{service.port}" for h in service.listening],
         "tokens": settings.tokens,
         "access_log": settings.access_log,
         "credentials": credentials_status(service, now),

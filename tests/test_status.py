@@ -161,6 +161,28 @@ def test_status_reports_the_credentials_without_a_secret(served: Served) -> None
 
 
 @pytest.mark.root
+def test_status_names_the_last_upstream_error_without_the_credentials_id() -> None:
+    stale = "/v2/credentials/stale-0123456789abcdef"
+    ns = make_netns()
+    try:
+        start_fake_agent(ns)
+        env = base_env(**{**fargate_env(), "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": stale})
+        serve("--stop-notice", "0", source="ecs", host=None, ns=ns, env=env)
+        answer = status_json(ns)
+        text = metamock(ns, "status").stdout
+    finally:
+        ns.close()
+    creds = answer["credentials"]
+    assert creds["role"] is None and creds["expiration"] is None
+    assert creds["last_error"], creds
+    assert creds["last_error_at"].endswith("Z")
+    assert "credentials  none" in text
+    assert "last upstream error: " in text and "last upstream error: none" not in text
+    for output in (json.dumps(answer), text):
+        assert "stale-0123456789abcdef" not in output
+
+
+@pytest.mark.root
 def test_doctor_warns_about_the_missed_paths_with_their_fix(served: Served) -> None:
     proc = metamock(served.ns, "doctor", "--offline", "--json", env=base_env(**fargate_env()))
     checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}

@@ -100,7 +100,7 @@ def _credentials(creds: Mapping[str, Any]) -> list[str]:
         first = "credentials  none (the role paths answer 404)"
     else:
         first = (
-            f"credentials  role {creds['role']}, expire {creds['expiration']} "
+            f"credentials  role {creds['role']}, expires {creds['expiration']} "
             f"(in {duration(creds.get('expires_in') or 0)}), refreshed {creds.get('last_refresh')}"
         )
     error = creds.get("last_error")
@@ -136,6 +136,6 @@ def _requests(requests: Mapping[str, Any]) -> list[str]:
         top = requests.get(f"top_{status}") or []
         if not top:
             continue
-        lines.append(f"top {status}s      ({what})")
+        lines.append(f"top {status}s     ({what})")
         lines += [f"  {count:>8}  {path}" for path, count in top]
     return lines
