@@ -21,7 +21,7 @@ from tests.ecs_netns import start_fake_agent
 from tests.fakes.ecs_agent import CRED_ID, fargate_env
 from tests.hardening_support import exchange
 from tests.netns import REPO, NetNS, base_env
-from tests.servers import ServeProcess, ServiceThread, serve, service_thread
+from tests.servers import ServeProcess, ServiceThread, serve, service_thread, wait_ready
 from tests.test_hostile_http import _REQUEST
 
 PY = sys.executable
@@ -242,6 +242,33 @@ def test_access_log_has_one_line_per_request_without_query_or_token(logged: list
     assert "404 337 B" in mine[-3]["message"] and "token=no" in mine[-3]["message"]
     assert "token=yes" in mine[-2]["message"]
     assert_no_secret("\n".join(logged))
+
+
+@pytest.mark.root
+def test_sidecar_takes_the_access_log_and_json_from_the_environment() -> None:
+    """METAMOCK_ACCESS_LOG / METAMOCK_LOG_FORMAT, as a task definition sets them, on `sidecar`."""
+    ns = make_netns(ecs_shaped=False)
+    try:
+        env = base_env(METAMOCK_ACCESS_LOG="1", METAMOCK_LOG_FORMAT="json", METAMOCK_NETFILTER="false")
+        proc = ns.popen(
+            [PY, "-m", "metamock", "sidecar", "--source", "local", "--stop-notice", "0", "--run", "idle=sleep 600",
+             "--profile-script", "", "--systemd-dir", ""],
+            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        wait_ready(1338, proc, ns)
+        assert curl(ns, "/latest/meta-data/public-keys/0/openssh-key") == "404"
+        answer = status_json(ns)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+    finally:
+        ns.close()
+    assert answer["access_log"] is True
+    assert answer["requests"]["top_404"] == [["/latest/meta-data/public-keys/0/openssh-key", 1]]
+    records = [json.loads(line) for line in err.splitlines()]
+    access = [r for r in records if r["logger"] == "metamock.access"]
+    assert access[-1]["path"] == "/latest/meta-data/public-keys/0/openssh-key"
+    assert access[-1]["status"] == 404
 
 
 # -- the redirect, -v -----------------------------------------------------------------------------
