@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Protocol, cast
 
 from metamock import __version__
 from metamock.errors import MetamockError
+from metamock.logs import configure as configure_logging
+from metamock.settings import add_log_arguments, log_options
 
 # name -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -21,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sidecar": ("metamock.commands.sidecar", "container entrypoint: serve and supervise agents"),
     "doctor": ("metamock.commands.doctor", "diagnose the metadata setup"),
     "trigger": ("metamock.commands.trigger", "trigger or clear EC2 life-cycle scenarios"),
+    "status": ("metamock.commands.status", "what the running server does: credentials, redirect, requests"),
 }
 
 
@@ -43,16 +46,21 @@ def _top_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run metamock with `argv` (default: sys.argv[1:]) and return the exit code."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
+    except BrokenPipeError:
+        # `metamock netfilter status | head -1`: the reader left. The Python docs' recipe: point
+        # stdout at /dev/null so the flush at exit does not raise again, and exit 1 quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if not args_list or args_list[0] not in COMMANDS:
         parser = _top_parser()
@@ -64,13 +72,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     name, rest = args_list[0], args_list[1:]
     module = cast(CommandModule, importlib.import_module(COMMANDS[name][0]))
     parser = argparse.ArgumentParser(prog=f"metamock {name}", description=COMMANDS[name][1])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_log_arguments(parser)
     module.add_arguments(parser)
     try:
         args = parser.parse_args(rest)
     except SystemExit as exc:
         return int(exc.code or 0)
-    _configure_logging(args.verbose)
+    try:
+        options = log_options(vars(args), os.environ)
+    except MetamockError as exc:
+        print(f"metamock {name}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    configure_logging(options)
     try:
         return module.run(args)
     except MetamockError as exc:

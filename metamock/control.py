@@ -3,6 +3,7 @@
 One request per line, one answer per line:
   {"op": "trigger", "scenario": "spot", "options": {"action": "stop", "in": 60}}
   {"op": "clear"} / {"op": "clear", "scenario": "rebalance"} / {"op": "status"}
+  {"op": "server-status"} (`metamock status`; "redirect": false skips the live netfilter check)
 Answers are {"ok": true, "scenarios": [...]} or {"ok": false, "error": "..."}.
 A request may carry "netns" (the client's network namespace, metamock.control_socket.netns_key):
 a server of another namespace refuses it. This module is the server; the client side and where
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import os
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -45,9 +47,14 @@ class Controlled(Protocol):
 
     def scenario_status(self) -> list[dict[str, Any]]: ...
 
+    async def server_status(self, *, redirect: bool = True) -> dict[str, Any]: ...
 
-def handle_request(target: Controlled, request: Any) -> dict[str, Any]:
-    """Answer one decoded request line."""
+
+Answer = dict[str, Any] | Awaitable[dict[str, Any]]
+
+
+def handle_request(target: Controlled, request: Any) -> Answer:
+    """Answer one decoded request line (an awaitable for what must wait, the redirect check)."""
     if not isinstance(request, dict):
         return {"ok": False, "error": "a request is a JSON object"}
     op = request.get("op")
@@ -71,15 +78,15 @@ def handle_request(target: Controlled, request: Any) -> dict[str, Any]:
         return {"ok": True, "cleared": cleared, "scenarios": target.scenario_status()}
     if op == "status":
         return {"ok": True, "scenarios": target.scenario_status()}
-    return {"ok": False, "error": f"unknown op {op!r}; expected trigger, clear or status"}
+    if op == "server-status":
+        return target.server_status(redirect=request.get("redirect", True) is not False)
+    return {"ok": False, "error": f"unknown op {op!r}; expected trigger, clear, status or server-status"}
 
 
 class ControlServer:
     """Listens on `path`; answers each line with `handler(request)`. Only our uid (or root) may talk."""
 
-    def __init__(
-        self, path: Path, handler: Callable[[Any], dict[str, Any]], netns: str | None = None
-    ) -> None:
+    def __init__(self, path: Path, handler: Callable[[Any], Answer], netns: str | None = None) -> None:
         self.path = path
         self._handler = handler
         self.netns = netns_key() if netns is None else netns  # requests for another one are refused
@@ -126,7 +133,7 @@ class ControlServer:
             if self.path.stat().st_ino == self._inode:
                 self.path.unlink()
 
-    def _answer(self, request: Any) -> dict[str, Any]:
+    def _answer(self, request: Any) -> Answer:
         # The socket's file is reachable from every network namespace: a client that found it by
         # its namespace's name says so, and a server of another namespace does not act for it.
         if isinstance(request, dict) and "netns" in request:
@@ -158,6 +165,8 @@ class ControlServer:
                     answer = self._answer(json.loads(raw))
                 except json.JSONDecodeError:
                     answer = {"ok": False, "error": "a request is one line of JSON"}
+                if inspect.isawaitable(answer):
+                    answer = await answer
                 writer.write(encode(answer))
                 await writer.drain()
         except ConnectionError:

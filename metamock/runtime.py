@@ -19,7 +19,9 @@ The effects, and why each is process-wide:
   kept). At DEBUG botocore logs response bodies (STS returns the secret key and token there) and
   signed request headers (the session token): those must never reach a log line, whatever
   `--verbose` says. The loggers' own level is set (not judged from the effective level), so the
-  effect holds whether logging is configured before or after this call.
+  effect holds whether logging is configured before or after this call. The function that does
+  it, `metamock.logs.quiet_secret_loggers()`, lives with the logging set-up (standard library only,
+  for the client commands), which calls it too: `--debug-libraries` never reaches botocore.
 """
 
 from __future__ import annotations
@@ -30,8 +32,7 @@ from aiohttp import web_response
 from aiohttp.http_exceptions import HttpProcessingError
 
 from metamock.imds.tree import SERVER
-
-_QUIET_LOGGERS = ("botocore", "aiobotocore")
+from metamock.logs import quiet_secret_loggers
 
 
 class DropClientErrors(logging.Filter):
@@ -48,7 +49,4 @@ def install_process_effects() -> None:
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, DropClientErrors) for f in server_log.filters):
         server_log.addFilter(DropClientErrors())
-    for name in _QUIET_LOGGERS:
-        logger = logging.getLogger(name)
-        if logger.level < logging.INFO:  # NOTSET (0) too: inheriting DEBUG later must not work
-            logger.setLevel(logging.INFO)
+    quiet_secret_loggers()

@@ -22,6 +22,7 @@ from aiohttp import web
 from metamock.clock import Clock, SystemClock
 from metamock.control import ControlServer, choose_path, handle_request
 from metamock.errors import MetamockError, SettingsError
+from metamock.imds.counters import RequestCounters
 from metamock.imds.server import ImdsHandler, make_server
 from metamock.imds.signing import IdentitySigner
 from metamock.imds.tokens import TokenSigner
@@ -29,6 +30,7 @@ from metamock.imds.tree import Tree
 from metamock.scenarios import Scenario, ScenarioBook, stop_notice_documents
 from metamock.settings import DEFAULT_HOSTS, ConfigFile, Settings
 from metamock.sources.base import Credentials, MetadataSource
+from metamock.status import UpstreamProblems, collect
 from metamock.translate import build_tree, deep_merge
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,11 @@ class Service:
         self.control: ControlServer | None = None
         self._watch_interval = watch_interval
         self._watcher: asyncio.Task[None] | None = None
+        # For `metamock status`: since when, what was answered, the last upstream problem.
+        self.started_at = self.clock.time()
+        self.listening: list[str] = []  # the hosts bound (without ::1 when only IPv4 works)
+        self.counters = RequestCounters()
+        self.upstream_problems = UpstreamProblems()
 
     # -- TreeHolder -------------------------------------------------------------------------
     @property
@@ -130,6 +137,7 @@ class Service:
     async def _start(self) -> None:
         """Start everything; on any failure (a signal's cancel included) undo what was set up."""
         try:
+            self.upstream_problems.attach()
             self.source.on_change = self.rebuild
             await self.source.start()
             self.scenarios.load_config(self.config.scenarios, self.clock.time())
@@ -140,8 +148,10 @@ class Service:
                 tokens_required=self.settings.tokens == "required",
                 hop_limit=self.settings.hop_limit,
                 extra_hosts=frozenset(_bracket(h) for h in self.settings.hosts),
+                counters=self.counters,
             )
-            runner = web.ServerRunner(make_server(handler), handle_signals=False)
+            server = make_server(handler, access_log=self.settings.access_log)
+            runner = web.ServerRunner(server, handle_signals=False)
             await runner.setup()
             self._runner = runner
             # The redirect goes in before anything listens (when the port is known), so clients
@@ -222,6 +232,7 @@ class Service:
                 log.warning("not listening on [::1]:%d (%s); IPv4 only", self.port, exc.strerror)
                 continue
             bound += 1
+            self.listening.append(host)
             self.port = site.port  # the bound port: with --port 0, the one the kernel chose
         if not bound:
             raise SettingsError("--host", "no address could be listened on")
@@ -291,6 +302,10 @@ class Service:
 
     def scenario_status(self) -> list[dict[str, Any]]:
         return [s.describe() for s in self.scenarios.scenarios()]
+
+    async def server_status(self, *, redirect: bool = True) -> dict[str, Any]:
+        """What `metamock status` prints (metamock.status.collect)."""
+        return await collect(self, redirect=redirect)
 
     def set_overlay(self, name: str, documents: Mapping[str, Any] | None) -> None:
         """Add, replace or (with None) remove a named layer of meta-data documents."""
@@ -371,6 +386,7 @@ class Service:
                 await self.remove_redirect()
             finally:
                 await self.source.close()
+                self.upstream_problems.detach()
 
 
 def _bracket(host: str) -> str:

@@ -43,12 +43,14 @@ __all__ = [
     "DEFAULT_HOSTS",
     "DEFAULT_PORT",
     "ConfigFile",
+    "LogOptions",
     "Option",
     "Settings",
     "add_arguments",
     "add_port_argument",
     "client_port",
     "flag_names",
+    "log_options",
     "scenarios_with_flags",
 ]
 
@@ -237,6 +239,16 @@ class Settings:
             kind="switch",
         ),
     )
+    access_log: bool = _setting(
+        False,
+        Option(
+            flag="--access-log",
+            env="METAMOCK_ACCESS_LOG",
+            parse=parse_bool,
+            help="log one line per request (method, path without query, status, bytes, ms, token sent)",
+            kind="switch",
+        ),
+    )
     config: ConfigFile = field(default_factory=ConfigFile)
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -353,6 +365,67 @@ def client_port(flag: Any, environ: Mapping[str, str]) -> int:
     if value not in (None, ""):
         return parsed(PORT_ENV, value, server_port)
     return DEFAULT_PORT
+
+
+# -- logging, for every command ------------------------------------------------------------------
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+LOG_FORMAT_ENV = "METAMOCK_LOG_FORMAT"
+LOG_LEVEL_ENV = "METAMOCK_LOG_LEVEL"
+
+
+@dataclass(frozen=True)
+class LogOptions:
+    """How the process logs (metamock.logs.configure): level of metamock's loggers, text or
+    json, and whether the libraries' debug output is wanted too."""
+
+    level: str = "info"
+    format: str = "text"
+    libraries: bool = False
+
+
+def add_log_arguments(parser: argparse.ArgumentParser) -> None:
+    """`-v`, `--log-level`, `--log-format`, `--debug-libraries`: on every command (main adds them)."""
+    add = parser.add_argument
+    add("-v", "--verbose", action="store_true", help="debug output of metamock (= --log-level debug)")
+    add(
+        "--log-level",
+        dest="log_level",
+        metavar="LEVEL",
+        help=f"{' | '.join(LOG_LEVELS)} [default: info, env: {LOG_LEVEL_ENV}]",
+    )
+    add(
+        "--log-format",
+        dest="log_format",
+        metavar="FORMAT",
+        help=f"text | json (one object per line) [default: text, env: {LOG_FORMAT_ENV}]",
+    )
+    add(
+        "--debug-libraries",
+        dest="debug_libraries",
+        action="store_true",
+        help="also the libraries' debug output (pyroute2, aiohttp, asyncio; botocore stays at INFO)",
+    )
+
+
+def log_options(flags: Mapping[str, Any], environ: Mapping[str, str]) -> LogOptions:
+    """The logging flags (by argparse dest) over METAMOCK_LOG_LEVEL / METAMOCK_LOG_FORMAT."""
+    level = _first(flags.get("log_level"), "--log-level", environ, LOG_LEVEL_ENV, choice(LOG_LEVELS))
+    fmt = _first(flags.get("log_format"), "--log-format", environ, LOG_FORMAT_ENV, choice(LOG_FORMATS))
+    if flags.get("verbose"):
+        level = "debug"
+    return LogOptions(
+        level=level or "info", format=fmt or "text", libraries=bool(flags.get("debug_libraries"))
+    )
+
+
+def _first(flag: Any, name: str, environ: Mapping[str, str], env: str, parse: Callable[[Any], Any]) -> Any:
+    if flag is not None:
+        return parsed(name, flag, parse)
+    if environ.get(env) not in (None, ""):
+        return parsed(env, environ[env], parse)
+    return None
 
 
 # -- `--scenario` ---------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ PORT_COMMANDS = {
     "trigger --status": ["trigger", "--status"],
     "netfilter": ["netfilter", "status"],
     "doctor": ["doctor", "--offline"],
+    "status": ["status"],
 }
 BAD_PORTS = {
     "METAMOCK_PORT=abc": ({"METAMOCK_PORT": "abc"}, [], "METAMOCK_PORT: 'abc': expected an integer"),
@@ -60,7 +61,7 @@ def test_a_bad_port_is_one_line_and_exit_2(lo_ns: NetNS, command: str, bad: str)
     assert_one_line_exit_2(proc, message)
 
 
-@pytest.mark.parametrize("command", ["healthcheck", "trigger"])
+@pytest.mark.parametrize("command", ["healthcheck", "trigger", "status"])
 def test_client_commands_stay_standard_library(command: str) -> None:
     """healthcheck and trigger run in health checks and by hand: no aiohttp, boto3 or asyncio."""
     code = (

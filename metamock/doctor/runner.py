@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from metamock.doctor import credentials, ecs, environment, process, proxy, redirect, server, sts
+from metamock.doctor import credentials, ecs, environment, missed, process, proxy, redirect, server, sts
 from metamock.doctor.context import DoctorContext
 from metamock.doctor.place import place_of
 from metamock.doctor.report import Check, failed
@@ -35,6 +35,7 @@ GROUPS: tuple[Group, ...] = (
     Group(credentials.NAMES, credentials.checks),
     Group(sts.NAMES, sts.checks),
     Group(server.NAMES, server.checks),
+    Group(missed.NAMES, missed.checks),
     Group(redirect.NAMES, redirect.checks),
     Group(process.NAMES, process.checks),
     Group(proxy.NAMES, proxy.checks),

@@ -16,6 +16,7 @@ from typing import NamedTuple, Protocol
 
 from aiohttp import web
 
+from metamock.imds.counters import RequestCounters
 from metamock.imds.limits import ConnectionLimits, LimitedServer
 from metamock.imds.tokens import MAX_TTL, MIN_TTL, TokenSigner
 from metamock.imds.tree import BASE_HEADERS, TEXT, Tree
@@ -69,7 +70,8 @@ class TreeHolder(Protocol):
 
 
 class ImdsHandler:
-    """The request handler. `tokens_required` = IMDSv1 off; `hop_limit` = IP TTL of token replies."""
+    """The request handler. `tokens_required` = IMDSv1 off; `hop_limit` = IP TTL of token replies;
+    `counters` counts every answer (`metamock status`)."""
 
     def __init__(
         self,
@@ -80,8 +82,11 @@ class ImdsHandler:
         hop_limit: int = 1,
         extra_hosts: frozenset[str] = frozenset(),
         credential_wait: float = 0.5,
+        counters: RequestCounters | None = None,
     ) -> None:
         self._holder = holder
+        self.counters = counters if counters is not None else RequestCounters()
+        self._count = self.counters.count
         self._now = holder.now
         self._signer = signer
         self._required = tokens_required
@@ -136,34 +141,40 @@ class ImdsHandler:
         return route
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        # Every answer is counted (`metamock status`): the hot one, a metadata hit, by one
+        # attribute increment; the others through `_done`, which also keeps 401/404 paths.
+        done = self._done
         headers = request.headers
         host = headers.get("Host")
         if host is not None and not self._host_allowed(host):
             # DNS rebinding guard: a browser tricked into calling us carries a foreign Host.
-            return self._empty(403)
+            return done(request, self._empty(403))
         route = self._route(request.raw_path)
         kind = route.kind
         method = request.method
         if method == "PUT":
             if kind == TOKEN:
-                return self._put_token(request)
-            return self._empty(403) if kind == BAD_TOKEN_PATH else self._empty(405, Allow="GET, HEAD")
+                return done(request, self._put_token(request))
+            return done(
+                request, self._empty(403) if kind == BAD_TOKEN_PATH else self._empty(405, Allow="GET, HEAD")
+            )
         if kind in (TOKEN, BAD_TOKEN_PATH):
-            return self._empty(405, Allow="OPTIONS, PUT")
+            return done(request, self._empty(405, Allow="OPTIONS, PUT"))
         if method != "GET" and method != "HEAD":  # noqa: PLR1714
-            return self._empty(405, Allow="GET, HEAD")
+            return done(request, self._empty(405, Allow="GET, HEAD"))
         token = headers.get(TOKEN_HEADER)
         if token is None:
             if self._required:
-                return self._empty(401)
+                return done(request, self._empty(401))
         elif not self._signer.valid(token):
-            return self._empty(401)
+            return done(request, self._empty(401))
         if kind == METADATA:
             node = self._holder.tree.get(route.key)
             if node is not None and (node.expires is None or self._now() < node.expires):
                 body = node.rendered
                 if body is None:  # a lazy leaf's first request (the signatures): off the loop
                     body = await node.render()
+                self.counters.ok += 1
                 return web.Response(body=body, headers=node.headers.copy())
             # Fetch on demand only when credentials are missing or expired, not for any unknown
             # name under iam/ (that rebuilt the tree per request: an unauthenticated CPU amplifier).
@@ -172,11 +183,15 @@ class ImdsHandler:
                 node = self._holder.tree.get(route.key)
                 if node is not None and (node.expires is None or self._now() < node.expires):
                     # Credentials are never lazy leaves: `body` renders nothing here.
-                    return web.Response(body=node.body, headers=node.headers.copy())
-            return self._not_found()
+                    return done(request, web.Response(body=node.body, headers=node.headers.copy()))
+            return done(request, self._not_found())
         if kind == VERSIONS:
-            return web.Response(body=_VERSIONS_BODY, headers=self._text_headers)
-        return self._not_found()
+            return done(request, web.Response(body=_VERSIONS_BODY, headers=self._text_headers))
+        return done(request, self._not_found())
+
+    def _done(self, request: web.BaseRequest, response: web.Response) -> web.Response:
+        self._count(response.status, request.raw_path)
+        return response
 
     def _not_found(self) -> web.Response:
         return web.Response(status=404, body=NOT_FOUND_BODY, headers=self._not_found_headers)
@@ -221,13 +236,20 @@ MAX_LINE = 16384
 MAX_FIELD = 16384
 
 
-def make_server(handler: Handler, *, limits: ConnectionLimits | None = None) -> LimitedServer:
+def make_server(
+    handler: Handler, *, limits: ConnectionLimits | None = None, access_log: bool = False
+) -> LimitedServer:
     """aiohttp's low-level server around `handler` within `limits` (default: the production
-    `ConnectionLimits()`), without an access log (it would log paths at a rate that costs more
-    than the answers).
+    `ConnectionLimits()`). aiohttp's own access log stays off (its format shows the query string,
+    where a token may hide); `access_log` wraps `handler` in ours (metamock.imds.access), so when
+    it is off the hot path does not even test a flag.
 
     Process-wide settings (the `Server` banner of aiohttp's own 400s, the aiohttp log filter) are
     not made here: `metamock.runtime.install_process_effects()` makes them once at start-up."""
+    if access_log:
+        from metamock.imds.access import AccessLogged
+
+        handler = AccessLogged(handler)
     return LimitedServer(
         handler,
         limits=limits,

@@ -1,0 +1,118 @@
+"""What a running server reports about itself (`metamock status`, `metamock doctor`), collected
+in the server and answered over the control socket as one JSON object.
+
+Never a secret: the credentials part names the role, the times and the last upstream problem
+(lines the credential cache already logs, which are written to be safe), not the key id, the
+secret, the token or the credentials id. The redirect is checked live, off the event loop, by
+the same `metamock.netfilter.status()` that `metamock netfilter status` prints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from metamock import __version__
+from metamock.clock import iso_z
+from metamock.errors import MetamockError
+from metamock.translate import role_name
+
+if TYPE_CHECKING:
+    from metamock.service import Service
+
+REDIRECT_TIMEOUT = 4.0  # below the client's 10 s; nft/iptables are bounded by their own timeouts
+# The credential cache of every source: it logs each new kind of fetch failure once at WARNING,
+# with the reason (the sources' own warnings after it only say "retrying").
+PROBLEM_LOGGERS = ("metamock.ecs.credentials",)
+MAX_PROBLEM = 300
+
+
+class UpstreamProblems(logging.Handler):
+    """Keeps the last WARNING-or-worse line of the credential cache, with its time: "the last
+    upstream error". Attached by the service while it runs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.last: tuple[float, str] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.last = (record.created, record.getMessage()[:MAX_PROBLEM])
+        except Exception:  # a bad format must not break logging; the line itself reports it
+            self.handleError(record)
+
+    def attach(self) -> None:
+        for name in PROBLEM_LOGGERS:
+            logging.getLogger(name).addHandler(self)
+
+    def detach(self) -> None:
+        for name in PROBLEM_LOGGERS:
+            logging.getLogger(name).removeHandler(self)
+
+
+async def collect(service: Service, *, redirect: bool = True) -> dict[str, Any]:
+    """The status answer of `service`; `redirect=False` skips the live netfilter check."""
+    settings = service.settings
+    now = service.clock.time()
+    return {
+        "ok": True,
+        "version": __version__,
+        "started_at": iso_z(service.started_at),
+        "uptime": max(0.0, round(now - service.started_at, 1)),
+        "source": settings.resolved_source(),
+        "listen": [f"[{h}]:{service.port}" if ":" in h else f"{h}:{service.port}" for h in service.listening],
+        "tokens": settings.tokens,
+        "access_log": settings.access_log,
+        "credentials": credentials_status(service, now),
+        "redirect": await redirect_status(service) if redirect else {"checked": False},
+        "scenarios": service.scenario_status(),
+        "requests": service.counters.snapshot(),
+    }
+
+
+def credentials_status(service: Service, now: float) -> dict[str, Any]:
+    creds = service.source.credentials()
+    problem = service.upstream_problems.last
+    out: dict[str, Any] = {
+        "role": role_name(creds, service.config) if creds is not None else None,
+        "expiration": iso_z(creds.expiration) if creds is not None else None,
+        "expires_in": round(creds.expiration - now) if creds is not None else None,
+        "last_refresh": iso_z(creds.last_updated) if creds is not None else None,
+        "last_error": problem[1] if problem else None,
+        "last_error_at": iso_z(problem[0]) if problem else None,
+    }
+    return out
+
+
+async def redirect_status(service: Service) -> dict[str, Any]:
+    """Whether 169.254.169.254 reaches this server right now; "requested" False without --netfilter."""
+    if service.netfilter_backend is None and not service.settings.netfilter:
+        return {"checked": True, "requested": False}
+    from metamock import netfilter
+
+    try:
+        live = await asyncio.wait_for(asyncio.to_thread(netfilter.status), REDIRECT_TIMEOUT)
+    except TimeoutError:
+        return _broken(service, f"the check did not finish within {REDIRECT_TIMEOUT:g} s")
+    except MetamockError as exc:
+        return _broken(service, str(exc))
+    # The lead switches this line to `working = live.working` once netfilter.Status has it.
+    working = live.applied and live.known and live.port == service.port
+    return {
+        "checked": True,
+        "requested": True,
+        "backend": live.backend or service.netfilter_backend,
+        "working": working,
+        "detail": live.summary,
+    }
+
+
+def _broken(service: Service, why: str) -> dict[str, Any]:
+    return {
+        "checked": True,
+        "requested": True,
+        "backend": service.netfilter_backend,
+        "working": False,
+        "detail": why,
+    }
