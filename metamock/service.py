@@ -30,7 +30,7 @@ from metamock.imds.tree import Tree
 from metamock.scenarios import Scenario, ScenarioBook, stop_notice_documents
 from metamock.settings import DEFAULT_HOSTS, ConfigFile, Settings
 from metamock.sources.base import Credentials, MetadataSource
-from metamock.status import UpstreamProblems, collect
+from metamock.status import collect
 from metamock.translate import build_tree, deep_merge
 
 log = logging.getLogger(__name__)
@@ -93,11 +93,10 @@ class Service:
         self.control: ControlServer | None = None
         self._watch_interval = watch_interval
         self._watcher: asyncio.Task[None] | None = None
-        # For `metamock status`: since when, what was answered, the last upstream problem.
+        # For `metamock status`: since when, and what was answered.
         self.started_at = self.clock.time()
         self.listening: list[str] = []  # the hosts bound (without ::1 when only IPv4 works)
         self.counters = RequestCounters()
-        self.upstream_problems = UpstreamProblems()
 
     # -- TreeHolder -------------------------------------------------------------------------
     @property
@@ -137,7 +136,6 @@ class Service:
     async def _start(self) -> None:
         """Start everything; on any failure (a signal's cancel included) undo what was set up."""
         try:
-            self.upstream_problems.attach()
             self.source.on_change = self.rebuild
             await self.source.start()
             self.scenarios.load_config(self.config.scenarios, self.clock.time())
@@ -386,7 +384,6 @@ class Service:
                 await self.remove_redirect()
             finally:
                 await self.source.close()
-                self.upstream_problems.detach()
 
 
 def _bracket(host: str) -> str:

@@ -2,7 +2,7 @@
 in the server and answered over the control socket as one JSON object.
 
 Never a secret: the credentials part names the role, the times and the last upstream problem
-(lines the credential cache already logs, which are written to be safe), not the key id, the
+(the credential cache's last failure, the line it logs, written to be safe), not the key id, the
 secret, the token or the credentials id. The redirect is checked live, off the event loop, by
 the same `metamock.netfilter.status()` that `metamock netfilter status` prints.
 """
@@ -10,7 +10,6 @@ the same `metamock.netfilter.status()` that `metamock netfilter status` prints.
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import TYPE_CHECKING, Any
 
 from metamock import __version__
@@ -22,33 +21,7 @@ if TYPE_CHECKING:
     from metamock.service import Service
 
 REDIRECT_TIMEOUT = 4.0  # below the client's 10 s; nft/iptables are bounded by their own timeouts
-# The credential cache of every source: it logs each new kind of fetch failure once at WARNING,
-# with the reason (the sources' own warnings after it only say "retrying").
-PROBLEM_LOGGERS = ("metamock.ecs.credentials",)
 MAX_PROBLEM = 300
-
-
-class UpstreamProblems(logging.Handler):
-    """Keeps the last WARNING-or-worse line of the credential cache, with its time: "the last
-    upstream error". Attached by the service while it runs."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.last: tuple[float, str] | None = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.last = (record.created, record.getMessage()[:MAX_PROBLEM])
-        except Exception:  # a bad format must not break logging; the line itself reports it
-            self.handleError(record)
-
-    def attach(self) -> None:
-        for name in PROBLEM_LOGGERS:
-            logging.getLogger(name).addHandler(self)
-
-    def detach(self) -> None:
-        for name in PROBLEM_LOGGERS:
-            logging.getLogger(name).removeHandler(self)
 
 
 async def collect(service: Service, *, redirect: bool = True) -> dict[str, Any]:
@@ -73,13 +46,13 @@ async def collect(service: Service, *, redirect: bool = True) -> dict[str, Any]:
 
 def credentials_status(service: Service, now: float) -> dict[str, Any]:
     creds = service.source.credentials()
-    problem = service.upstream_problems.last
+    problem = service.source.last_error()
     out: dict[str, Any] = {
         "role": role_name(creds, service.config) if creds is not None else None,
         "expiration": iso_z(creds.expiration) if creds is not None else None,
         "expires_in": round(creds.expiration - now) if creds is not None else None,
         "last_refresh": iso_z(creds.last_updated) if creds is not None else None,
-        "last_error": problem[1] if problem else None,
+        "last_error": problem[1][:MAX_PROBLEM] if problem else None,
         "last_error_at": iso_z(problem[0]) if problem else None,
     }
     return out

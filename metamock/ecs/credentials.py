@@ -112,6 +112,8 @@ class CredentialCache:
         self._loop_task: asyncio.Task[None] | None = None
         self._last_problem = ""  # the last failure's text (load() raises it), "" when none
         self._last_kind = ""  # what decides "a new kind of problem" (a text with no numbers)
+        # The last failed attempt (wall clock, its text), kept after a recovery: `metamock status`.
+        self.last_error: tuple[float, str] | None = None
         self._short_warned: tuple[str, float] | None = None  # short-lived creds warned about
         self._expired: Credentials | None = None  # the credentials whose expiry was announced
         self._expiry_timer: asyncio.TimerHandle | None = None
@@ -269,6 +271,7 @@ class CredentialCache:
         kind = kind or problem
         level = logging.WARNING if kind != self._last_kind else logging.DEBUG
         self._last_problem, self._last_kind = problem, kind
+        self.last_error = (self._clock.time(), problem)
         creds = self.current()
         kept = (
             f"serving cached credentials ({creds.expiration - self._clock.time():.0f} s left)"

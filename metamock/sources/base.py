@@ -60,4 +60,9 @@ class MetadataSource(Protocol):
         """Current credentials; when there are none, wait up to `timeout` for one shared fetch."""
         ...
 
+    def last_error(self) -> tuple[float, str] | None:
+        """The last failed credentials fetch (epoch seconds, a line safe to show), kept after a
+        recovery; None when none failed. A pure read, like `credentials()`."""
+        ...
+
     async def close(self) -> None: ...

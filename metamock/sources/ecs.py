@@ -111,6 +111,9 @@ class EcsSource:
     async def credentials_within(self, timeout: float) -> Credentials | None:
         return await self._cache.within(timeout) if self._cache is not None else None
 
+    def last_error(self) -> tuple[float, str] | None:
+        return self._cache.last_error if self._cache is not None else None
+
     async def close(self) -> None:
         """Cancel the background tasks and close the HTTP session; safe to call twice."""
         tasks = [t for t in (self._tmde_task,) if t is not None]

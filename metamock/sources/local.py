@@ -164,6 +164,9 @@ class LocalSource:
     async def credentials_within(self, timeout: float) -> Credentials | None:
         return await self._cache.within(timeout)
 
+    def last_error(self) -> tuple[float, str] | None:
+        return self._cache.last_error
+
     async def close(self) -> None:
         await self._cache.close()
 

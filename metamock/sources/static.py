@@ -25,6 +25,9 @@ class StaticSource:
     async def credentials_within(self, timeout: float) -> Credentials | None:
         return self._credentials
 
+    def last_error(self) -> tuple[float, str] | None:
+        return None
+
     def set(self, facts: TaskFacts | None = None, credentials: Credentials | None = None) -> None:
         """Replace facts and/or credentials and tell the listener."""
         if facts is not None:
