@@ -214,14 +214,15 @@ def _install(
     chosen = _pick(backend, tools, variant or _variant(environ))
     marker = chosen.marker()
     nonce = marker.nonce if marker is not None else state.new_nonce()  # the same apply, renewed
+    chosen_variant = chosen.variant if isinstance(chosen, IptablesBackend) else None
+    same = previous is not None and (previous.backend, previous.iptables) == (chosen.name, chosen_variant)
+    owned_before = previous.nat_tables if previous is not None and same else ()
     added, kept = routes.ensure(ipv6)
     try:
-        owned = chosen.apply(port, ipv6, uids, nonce)
+        owned = chosen.apply(port, ipv6, uids, nonce, owned_before)
     except BaseException:
         routes.remove(added)  # the backend already undid its own part
         raise
-    chosen_variant = chosen.variant if isinstance(chosen, IptablesBackend) else None
-    same = previous is not None and (previous.backend, previous.iptables) == (chosen.name, chosen_variant)
     record = state.Applied(
         backend=chosen.name,
         port=port,

@@ -68,7 +68,9 @@ class IptablesBackend:
         found = markers("\n".join(self._save(family) for family in self._families()))
         return found[0] if found else None
 
-    def apply(self, port: int, ipv6: bool, exclude_uids: Sequence[int], nonce: str) -> list[str]:
+    def apply(
+        self, port: int, ipv6: bool, exclude_uids: Sequence[int], nonce: str, owned_before: Sequence[str] = ()
+    ) -> list[str]:
         """Write the chain per family, converging: every jump there is now is deleted and one
         added, in the same restore. On failure undo the families this call created.
 
@@ -85,7 +87,8 @@ class IptablesBackend:
                 for attempt in (1, 2):
                     saved = self._save(family)
                     jumps = [line for line in saved.splitlines() if render.is_jump(line)]
-                    ours = any(m.nat_created for m in markers("\n".join(jumps)))
+                    ours = _NFT_FAMILY[family] in owned_before  # its jump may have been deleted
+                    ours = ours or any(m.nat_created for m in markers("\n".join(jumps)))
                     new_table = nf and not ours and not self._nat_table_exists(family)
                     tag = Marker(nonce, port, ours or new_table).tag()
                     text = render.render_iptables(family, port, exclude_uids, tag=tag, delete=jumps)

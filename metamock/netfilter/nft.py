@@ -36,7 +36,9 @@ class NftBackend:
         found = markers(self.listing())
         return found[0] if found else None
 
-    def apply(self, port: int, ipv6: bool, exclude_uids: Sequence[int], nonce: str) -> list[str]:
+    def apply(
+        self, port: int, ipv6: bool, exclude_uids: Sequence[int], nonce: str, owned_before: Sequence[str] = ()
+    ) -> list[str]:
         """Create or replace the table; nft commits all of it or nothing. Creates no other table."""
         tag = Marker(nonce, port).tag()
         self.tools.run(["nft", "-f", "-"], stdin=render.render_nft(port, ipv6, exclude_uids, tag))
