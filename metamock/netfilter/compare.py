@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 _PORT = re.compile(r"(redirect to :|--to-ports )(\d+)")
+_DST = re.compile(r"(?:daddr |-d )([0-9a-f.:]+)")
 
 
 def _shape(rule: str) -> str:
@@ -27,8 +28,9 @@ def chain_problems(where: str, live: list[str], expected: list[str], port: int) 
         twin = next((r for r in rest if _shape(r) == _shape(rule)), None)
         if twin is not None:
             rest.remove(twin)
-            found = _PORT.search(twin)
-            problems.append(f"{where}: redirect points at :{found[2] if found else '?'}, recorded :{port}")
+            found, dst = _PORT.search(twin), _DST.search(twin)
+            target = f"{dst[1]}:80" if dst else "the redirect"
+            problems.append(f"{where}: {target} points at :{found[2] if found else '?'}, recorded :{port}")
         else:
             problems.append(f"{where}: rule missing: {rule}")
     problems += [f"{where}: unexpected rule: {rule}" for rule in rest]
