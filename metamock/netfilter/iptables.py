@@ -84,14 +84,19 @@ class IptablesBackend:
         created_families: list[int] = []
         try:
             for family in families:
+                name = _NFT_FAMILY[family]
                 for attempt in (1, 2):
                     saved = self._save(family)
                     jumps = [line for line in saved.splitlines() if render.is_jump(line)]
-                    ours = _NFT_FAMILY[family] in owned_before  # its jump may have been deleted
-                    ours = ours or any(m.nat_created for m in markers("\n".join(jumps)))
+                    tags = markers("\n".join(jumps))  # its jump may have been deleted: owned_before
+                    ours = name in owned_before or any(m.nat_created for m in tags)
+                    ours_output = f"{name}/OUTPUT" in owned_before or any(m.output_created for m in tags)
                     new_table = nf and not ours and not self._nat_table_exists(family)
-                    tag = Marker(nonce, port, ours or new_table).tag()
-                    text = render.render_iptables(family, port, exclude_uids, tag=tag, delete=jumps)
+                    new_output = (
+                        nf and not (ours or new_table or ours_output) and not self._output_exists(family)
+                    )
+                    marker = Marker(nonce, port, ours or new_table, ours_output or new_output)
+                    text = render.render_iptables(family, port, exclude_uids, tag=marker.tag(), delete=jumps)
                     try:
                         self._restore(family, text)
                         break
@@ -99,9 +104,11 @@ class IptablesBackend:
                         if attempt == 2:  # another tool changed nat OUTPUT in between: once more
                             raise
                 if new_table:
-                    created_tables.append(_NFT_FAMILY[family])
-                if ours or new_table:
-                    owned.append(_NFT_FAMILY[family])
+                    created_tables.append(name)
+                if marker.nat_created:
+                    owned.append(name)
+                if marker.output_created:
+                    owned.append(f"{name}/OUTPUT")
                 if not _chain_declared(saved):
                     created_families.append(family)
             if not ipv6 and self.tools.which(self._cmd(6)) is not None:
@@ -126,13 +133,26 @@ class IptablesBackend:
             if has_chain:
                 lines += [f"-F {render.CHAIN}", f"-X {render.CHAIN}"]
             self._restore(family, "\n".join([*lines, "COMMIT", ""]))
-            if any(m.nat_created for m in markers("\n".join(jumps))) or _NFT_FAMILY[family] in owned:
-                self._drop_empty_nat_tables([_NFT_FAMILY[family]])
+            name, tags = _NFT_FAMILY[family], markers("\n".join(jumps))
+            if any(m.nat_created for m in tags) or name in owned:
+                self._drop_empty_nat_tables([name])
+            elif any(m.output_created for m in tags) or f"{name}/OUTPUT" in owned:
+                self._drop_empty_output(family)
         except NetfilterError:
             if not quiet:
                 raise
             return False
         return True
+
+    def _output_exists(self, family: int) -> bool:
+        return self.tools.ok(["nft", "list", "chain", _NFT_FAMILY[family], "nat", "OUTPUT"])
+
+    def _drop_empty_output(self, family: int) -> None:
+        """Delete the nat OUTPUT chain apply added to someone else's nat table, while it is empty."""
+        if any(line.startswith("-A OUTPUT ") for line in self._save(family).splitlines()):
+            return
+        if self._output_exists(family):
+            self.tools.run(["nft", "delete", "chain", _NFT_FAMILY[family], "nat", "OUTPUT"])
 
     def _drop_empty_nat_tables(self, tables: Sequence[str], *, quiet: bool = False) -> None:
         """Delete nf_tables nat tables we created, but only while they hold no rule or chain."""

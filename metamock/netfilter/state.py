@@ -21,7 +21,7 @@ from metamock.errors import NetfilterError
 from metamock.netfilter.routes import Route
 
 STATE_DIR = Path("/run/metamock")
-_TAG = re.compile(r"metamock nonce=([0-9a-f]+) port=(\d+)( nat=created)?")
+_TAG = re.compile(r"metamock nonce=([0-9a-f]+) port=(\d+)( nat=created)?( output=created)?")
 
 
 def state_path(state_dir: Path = STATE_DIR) -> Path:
@@ -39,16 +39,20 @@ class Marker:
 
     nonce: str
     port: int
-    nat_created: bool = False
+    nat_created: bool = False  # apply created this nf_tables `nat` table
+    output_created: bool = False  # or, in a `nat` table that existed (Docker's), its OUTPUT chain
 
     def tag(self) -> str:
         """The `@TAG@` text of the rule files (`metamock ` comes from the files)."""
-        return f"nonce={self.nonce} port={self.port}" + (" nat=created" if self.nat_created else "")
+        nat = " nat=created" if self.nat_created else ""
+        return f"nonce={self.nonce} port={self.port}{nat}" + (
+            " output=created" if self.output_created else ""
+        )
 
 
 def markers(text: str) -> list[Marker]:
     """Every metamock tag in a rule listing (nft list / iptables-save), in order."""
-    return [Marker(m[1], int(m[2]), bool(m[3])) for m in _TAG.finditer(text)]
+    return [Marker(m[1], int(m[2]), bool(m[3]), bool(m[4])) for m in _TAG.finditer(text)]
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ class Applied:
     exclude_uids: tuple[int, ...] = ()
     routes: tuple[Route, ...] = ()  # added by metamock (not those the host had)
     iptables: str | None = None  # variant, for the iptables backend
-    nat_tables: tuple[str, ...] = ()  # nf_tables nat tables created by iptables-nft
+    nat_tables: tuple[str, ...] = ()  # created by iptables-nft: "ip" (a nat table), "ip/OUTPUT" (a chain)
     nonce: str = ""  # also in the kernel's tag: a record with another nonce is stale
 
     def to_json(self) -> dict[str, Any]:
