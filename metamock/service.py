@@ -15,7 +15,7 @@ import errno
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -32,6 +32,9 @@ from metamock.settings import DEFAULT_HOSTS, ConfigFile, Settings
 from metamock.sources.base import Credentials, MetadataSource
 from metamock.status import collect
 from metamock.translate import build_tree, deep_merge
+
+if TYPE_CHECKING:
+    from metamock.netfilter.keeper import RedirectKeeper
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,7 @@ class Service:
         self._runner: web.ServerRunner | None = None
         self.port = settings.port
         self.netfilter_backend: str | None = None
+        self.redirect_keeper: RedirectKeeper | None = None  # puts the redirect back when it goes
         self._credential_lock = asyncio.Lock()
         self.on_rebuild: list[Callable[[Tree], None]] = []
         self.scenarios = ScenarioBook()
@@ -170,23 +174,48 @@ class Service:
             self._watcher = asyncio.ensure_future(self._watch_config(self.settings.config_path, None))
 
     async def apply_redirect(self) -> str:
-        """Redirect 169.254.169.254 here (idempotent); the backend used. Removed by `stop()`.
+        """Redirect 169.254.169.254 here (idempotent) and keep it; the backend used. Removed by `stop()`.
 
         nft/iptables and pyroute2 block, so this runs in a thread: the loop keeps serving.
         """
         from metamock import netfilter
+        from metamock.netfilter.keeper import RedirectKeeper
 
-        self.netfilter_backend = await asyncio.to_thread(netfilter.apply, self.port)
+        environ = self.settings.environ  # PATH and METAMOCK_IPTABLES, as `netfilter apply` reads them
+        work = asyncio.ensure_future(asyncio.to_thread(netfilter.install, self.port, environ=environ))
+        try:
+            record = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            # The thread goes on: wait for it, so that stop() removes what it applied.
+            with contextlib.suppress(Exception):
+                self.netfilter_backend = (await work).backend
+            raise
+        self.netfilter_backend = record.backend
         log.info("netfilter redirect applied (%s backend)", self.netfilter_backend)
+        if self.redirect_keeper is None:
+            self.redirect_keeper = RedirectKeeper(record, environ=environ)
+            self.redirect_keeper.start()
         return self.netfilter_backend
+
+    @property
+    def redirect_repairs(self) -> int:
+        """How often the keeper put the redirect back; what was missing the last time."""
+        return self.redirect_keeper.repairs if self.redirect_keeper is not None else 0
+
+    @property
+    def redirect_last_repair(self) -> str | None:
+        return self.redirect_keeper.last_repair if self.redirect_keeper is not None else None
 
     async def remove_redirect(self) -> None:
         """Remove the redirect this service applied (nothing when it applied none), off the loop."""
+        if self.redirect_keeper is not None:  # first, or it would put the redirect back
+            await self.redirect_keeper.stop()
+            self.redirect_keeper = None
         if self.netfilter_backend is None:
             return
         from metamock import netfilter
 
-        await asyncio.to_thread(netfilter.remove)
+        await asyncio.to_thread(lambda: netfilter.remove(environ=self.settings.environ))
         self.netfilter_backend = None
         log.info("netfilter redirect removed")
 

@@ -1,7 +1,7 @@
 """A stand-in IMDS for netfilter tests: `python -m tests.netfilter_listener --host H --port P --body B`.
 
-Answers every GET with B (so `/latest/meta-data/instance-id` works) and prints "ready" once it
-listens; `--host ::` listens on IPv4 and IPv6 like metamock's 127.0.0.1 + ::1.
+Answers every GET with B (so `/latest/meta-data/instance-id` works), every PUT with a token (so
+`netfilter status`'s probe passes through it) and prints "ready" once it listens; `--host ::` listens on IPv4 and IPv6 like metamock's 127.0.0.1 + ::1.
 """
 
 from __future__ import annotations
@@ -27,6 +27,13 @@ def main() -> None:
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        def do_PUT(self) -> None:
+            token = b"stand-in-token"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(token)))
+            self.end_headers()
+            self.wfile.write(token)
 
         def log_message(self, *_: object) -> None:
             pass

@@ -24,6 +24,7 @@ BACKENDS = {
     "iptables-legacy": ("iptables", "iptables-legacy"),
 }
 _COUNTERS = re.compile(r"\[\d+:\d+\]")
+_NONCE = re.compile(r"nonce=[0-9a-f]+")
 
 
 @contextmanager
@@ -33,9 +34,14 @@ def bare_netns() -> Iterator[NetNS]:
     try:
         yield space
     finally:
-        ino = space.run(["stat", "-L", "-c", "%i", "/proc/self/ns/net"]).stdout.strip()
+        key = state_key(space)
         space.close()
-        (Path("/run/metamock") / f"netfilter-{ino}.json").unlink(missing_ok=True)
+        (Path("/run/metamock") / f"netfilter-{key}.json").unlink(missing_ok=True)
+
+
+def state_key(ns: NetNS) -> str:
+    """The namespace's `<dev>-<inode>`, as the record's file name carries it."""
+    return ns.run(["stat", "-L", "-c", "%d-%i", "/proc/self/ns/net"]).stdout.strip()
 
 
 def prepare(ns: NetNS, backend: str) -> tuple[list[str], dict[str, str]]:
@@ -125,7 +131,7 @@ def ruleset(ns: NetNS) -> str:
 def metamock_rules(ns: NetNS, backend: str) -> str:
     """metamock's own rules as the backend's tool lists them: the text for the golden file."""
     if backend == "nft":
-        return ns.run(["nft", "list", "table", "inet", "metamock"]).stdout
+        return _NONCE.sub("nonce=N", ns.run(["nft", "list", "table", "inet", "metamock"]).stdout)
     variant = BACKENDS[backend][1]
     assert variant is not None
     saves = [variant.replace("iptables", "iptables") + "-save", "ip6" + variant[2:] + "-save"]
@@ -137,7 +143,7 @@ def metamock_rules(ns: NetNS, backend: str) -> str:
             for line in ns.run([save, "-t", "nat"]).stdout.splitlines()
             if not line.startswith("#")
         ]
-    return "\n".join(lines) + "\n"
+    return _NONCE.sub("nonce=N", "\n".join(lines) + "\n")
 
 
 def assert_golden(name: str, actual: str) -> None:

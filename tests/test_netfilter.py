@@ -34,7 +34,9 @@ def test_rule_files_are_shipped_from_iptables_dir() -> None:
 @pytest.mark.parametrize("name", RULE_FILES)
 def test_rule_files_have_one_parameter(name: str) -> None:
     params = set(re.findall(r"@[A-Z]+@", render.read(name)))
-    assert params == ({"@UID@"} if name.startswith("exclude-uid") else {"@PORT@"})
+    tagged = {"metamock.nft", "metamock-ipv4.rules", "metamock-ipv6.rules"}
+    expected = {"@UID@"} if name.startswith("exclude-uid") else {"@PORT@"}
+    assert params == expected | ({"@TAG@"} if name in tagged else set())
 
 
 def test_render_nft_golden() -> None:
@@ -44,16 +46,17 @@ def test_render_nft_golden() -> None:
 
 def test_render_iptables_golden() -> None:
     for family in (4, 6):
-        fresh = render.render_iptables(family, 1338, [1000, 0], with_jump=True)
-        again = render.render_iptables(family, 1338, [1000, 0], with_jump=False)
+        fresh = render.render_iptables(family, 1338, [1000, 0])
+        again = render.render_iptables(family, 1338, [1000, 0], delete=["-A OUTPUT -j METAMOCK", "-A X"])
         assert_golden(f"render-ipv{family}-uids.rules", fresh)
-        assert again == fresh.replace("-A OUTPUT -j METAMOCK\n", "")
+        jump = '-A OUTPUT -m comment --comment "metamock manual" -j METAMOCK\n'
+        assert again == fresh.replace(jump, "-D OUTPUT -j METAMOCK\n" + jump)
 
 
 def test_render_rejects_unfilled_parameters(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(render, "read", lambda name: "-A METAMOCK -j REDIRECT --to-ports @PORT@ @X@\n")
     with pytest.raises(ValueError, match="unfilled"):
-        render.render_iptables(4, 1338, [], with_jump=True)
+        render.render_iptables(4, 1338, [])
 
 
 @pytest.mark.parametrize(
@@ -101,7 +104,8 @@ def test_state_round_trip(tmp_path: Path) -> None:
     )
     state.save(path, record)
     assert state.load(path) == record
-    assert path.name == f"netfilter-{Path('/proc/self/ns/net').stat().st_ino}.json"
+    ns = Path("/proc/self/ns/net").stat()
+    assert path.name == f"netfilter-{ns.st_dev}-{ns.st_ino}.json"  # the control socket's netns_key
     path.write_text("{broken")
     assert state.load(path) is None  # a damaged record never blocks remove
     state.clear(path)

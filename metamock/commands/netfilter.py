@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "apply":
         backend = netfilter.apply(port, args.backend, args.ipv6, args.exclude_uid, environ=environ)
         print(f"netfilter applied with backend {backend}")
-        print(netfilter.status(environ=environ).summary)
+        print(netfilter.status(environ=environ, probe=False).summary)
         return 0
     if args.action == "remove":
         removed = netfilter.remove(environ=environ)
@@ -70,4 +70,4 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(st.rules)
     if not st.known:
         return 2  # the contract: "cannot tell" is neither applied (0) nor absent (1)
-    return 0 if st.applied else 1
+    return 0 if st.working else 1  # complete, at the recorded port, and the probe passed

@@ -34,6 +34,9 @@ class Rules:
     backend: str | None
     ports: frozenset[int] = frozenset()
     note: str = ""
+    problems: tuple[str, ...] = ()  # what `netfilter status` found missing or wrong
+    probe: str = ""  # its connection through the redirect: "connection verified: ..." / "... fails: ..."
+    working: bool = True
 
 
 async def run_command(argv: list[str], timeout: float) -> tuple[int, str]:
@@ -59,7 +62,8 @@ def ports_in(text: str) -> frozenset[int]:
 
 
 async def read_rules(ctx: DoctorContext) -> Rules:
-    """What `metamock netfilter status` sees; ports from its record, else from the live listing."""
+    """What `metamock netfilter status` sees (live rules, routes, probe); ports from its record,
+    else from the live listing."""
     from metamock import netfilter  # only needed with CAP_NET_ADMIN
 
     try:
@@ -69,7 +73,14 @@ async def read_rules(ctx: DoctorContext) -> Rules:
     if not status.applied:
         return Rules(None, note=status.note)
     ports = frozenset({status.port}) if status.port else ports_in(status.rules)
-    return Rules(status.backend or "?", ports, note=status.note)
+    return Rules(
+        status.backend or "?",
+        ports,
+        note=status.note,
+        problems=status.problems,
+        probe=status.probe,
+        working=status.working,
+    )
 
 
 def check_rules(ctx: DoctorContext, rules: Rules) -> Check:
@@ -81,11 +92,24 @@ def check_rules(ctx: DoctorContext, rules: Rules) -> Check:
             f"`metamock netfilter apply --port {ctx.port}` (or `metamock serve --netfilter`)",
         )
     shown = ", ".join(f":{p}" for p in sorted(rules.ports)) or "an unknown port"
+    if rules.problems:
+        return failed(
+            "redirect",
+            f"{rules.backend} redirect incomplete: " + "; ".join(rules.problems),
+            f"`metamock netfilter apply --port {ctx.port}` puts it back (`serve --netfilter` and "
+            "`sidecar` do by themselves within seconds; if this repeats, something keeps removing it)",
+        )
     if rules.ports != {ctx.port}:
         return failed(
             "redirect",
             f"{rules.backend} rules send {IMDS_V4}:80 to {shown}, the server is on :{ctx.port}",
             f"`metamock netfilter remove` then `metamock netfilter apply --port {ctx.port}`",
+        )
+    if not rules.working:
+        return failed(
+            "redirect",
+            f"{rules.backend} rules send {IMDS_V4}:80 to {shown}, but {rules.probe}",
+            f"start the server on :{ctx.port} (`metamock serve`), or find what else answers there",
         )
     return passed("redirect", f"{rules.backend} rules send {IMDS_V4}:80 to {shown}")
 

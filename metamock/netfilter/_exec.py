@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -10,6 +11,10 @@ from dataclasses import dataclass
 from metamock.errors import NetfilterError
 
 TIMEOUT = 20.0  # seconds; iptables waits at most 10 s for the xtables lock (-w 10)
+# "iptables-restore v1.8.9 (nf_tables): " opens the tools' messages; the reason follows it, or
+# stands on the next lines ("line 3 failed", "Error occurred at line: 4").
+_BANNER = re.compile(r"^\S+ v\d+(?:\.\d+)*(?: \([^)]*\))?:?\s*")
+_HELP = re.compile(r"^Try `.*' for more information\.$")
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ class Tools:
         except OSError as exc:
             raise NetfilterError(f"{' '.join(argv)}: {exc}") from exc
         if check and done.returncode != 0:
-            raise NetfilterError(f"{' '.join(argv)}: {first_line(done.stderr) or done.returncode}")
+            raise NetfilterError(f"{' '.join(argv)}: {reason(done.stderr) or f'exit {done.returncode}'}")
         return done
 
     def ok(self, argv: Sequence[str]) -> bool:
@@ -57,9 +62,11 @@ class Tools:
             return False
 
 
-def first_line(text: str) -> str:
-    """The first non-empty line of a tool's stderr, to keep error messages to one line."""
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip()
-    return ""
+def reason(text: str) -> str:
+    """A tool's stderr as one line: its version banner and help hint dropped, the rest joined."""
+    parts = []
+    for raw in text.splitlines():
+        line = _BANNER.sub("", raw.strip())
+        if line and not _HELP.match(line):
+            parts.append(line)
+    return "; ".join(parts)

@@ -117,7 +117,7 @@ def _has_route(ipr: Any, route: Route) -> bool:
     return True
 
 
-def _add(ipr: Any, route: Route) -> None:
+def _add(ipr: Any, route: Route) -> bool:
     netlink_error = _netlink_error_type()
     lo = ipr.link_lookup(ifname="lo")[0]
     extra: dict[str, Any] = {"prefsrc": route.src, "scope": _RT_SCOPE_LINK} if route.src else {}
@@ -131,7 +131,10 @@ def _add(ipr: Any, route: Route) -> None:
             **extra,
         )
     except netlink_error as exc:
+        if _code(exc) == errno.EEXIST:
+            return False  # added by someone else since we looked: a route is all we need
         raise _netlink_error(exc, f"ip route add {route}") from exc
+    return True
 
 
 def ensure(ipv6: bool) -> tuple[list[Route], list[Route]]:
@@ -148,8 +151,8 @@ def _ensure(ipv6: bool) -> tuple[list[Route], list[Route]]:
             for route in wanted(ipv6):
                 if route in ours or _has_route(ipr, route):
                     continue
-                _add(ipr, route)
-                added.append(route)
+                if _add(ipr, route):
+                    added.append(route)
             # IPv6 on before, off now: drop our IPv6 route so the result equals a fresh apply.
             _delete(ipr, [route for route in ours if route not in wanted(ipv6)])
         except BaseException:
@@ -185,6 +188,16 @@ def _delete(ipr: Any, routes: list[Route], *, quiet: bool = False) -> None:
                 continue  # already gone: remove is idempotent
             if not quiet:
                 raise _netlink_error(exc, f"ip route del {route}") from exc
+
+
+def missing(ipv6: bool) -> list[str]:
+    """The IMDS addresses the redirect needs that have no route now (ours or the host's)."""
+    return _off_loop(lambda: _missing(ipv6))
+
+
+def _missing(ipv6: bool) -> list[str]:
+    with _iproute() as ipr:
+        return [f"no route to {route.dst}" for route in wanted(ipv6) if not _has_route(ipr, route)]
 
 
 def ours() -> list[Route]:
