@@ -70,13 +70,17 @@ async def redirect_status(service: Service) -> dict[str, Any]:
         return _broken(service, f"the check did not finish within {REDIRECT_TIMEOUT:g} s")
     except MetamockError as exc:
         return _broken(service, str(exc))
-    # The lead switches this line to `working = live.working` once netfilter.Status has it.
-    working = live.applied and live.known and live.port == service.port
     return {
         "checked": True,
         "requested": True,
         "backend": live.backend or service.netfilter_backend,
-        "working": working,
+        # Live rules and routes as a clean apply writes them, and a token round-trip through
+        # 169.254.169.254 that this very server signed (netfilter.status's probe).
+        "working": live.working and live.port == service.port,
+        "problems": list(live.problems),
+        "probe": live.probe,
+        "repairs": service.redirect_repairs,
+        "last_repair": service.redirect_last_repair,
         "detail": live.summary,
     }
 

@@ -21,7 +21,7 @@ from tests.ecs_netns import start_fake_agent
 from tests.fakes.ecs_agent import CRED_ID, fargate_env
 from tests.hardening_support import exchange
 from tests.netns import REPO, NetNS, base_env
-from tests.servers import ServeProcess, ServiceThread, serve, service_thread, wait_ready
+from tests.servers import ServeProcess, ServiceThread, serve, service_thread, until, wait_ready
 from tests.test_hostile_http import _REQUEST
 
 PY = sys.executable
@@ -272,6 +272,35 @@ def test_sidecar_takes_the_access_log_and_json_from_the_environment() -> None:
 
 
 # -- the redirect, -v -----------------------------------------------------------------------------
+
+
+@pytest.mark.root
+def test_status_reports_a_redirect_put_back_by_the_keeper() -> None:
+    """Another tool flushes the chain under `serve --netfilter`: `status` counts the repair and
+    names what was missing, and the redirect is verified working again (a token round-trip)."""
+    ns = make_netns(imds_routes=False)
+    try:
+        server = serve("--stop-notice", "0", "--netfilter", ns=ns)
+        before = status_json(ns)["redirect"]
+        assert before["working"] is True and before["repairs"] == 0, before
+        assert ns.run(["nft", "flush", "chain", "inet", "metamock", "output"]).returncode == 0
+
+        def repaired() -> bool:
+            redirect = status_json(ns)["redirect"]
+            return bool(redirect["repairs"] == 1 and redirect["working"])
+
+        until(repaired, "status shows the repair", proc=server.proc, timeout=10)
+        redirect = status_json(ns)["redirect"]
+        assert redirect["problems"] == [], redirect
+        assert "connection verified" in redirect["probe"], redirect
+        assert redirect["last_repair"], redirect
+        text = metamock(ns, "status").stdout
+        assert "put back 1 time(s) since start, last: " in text, text
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.communicate(timeout=30)
+        assert server.proc.returncode == 0
+    finally:
+        ns.close()
 
 
 @pytest.mark.root

@@ -119,6 +119,9 @@ def _redirect(redirect: Mapping[str, Any]) -> str:
         return "not requested (the server runs without --netfilter)"
     state = "working" if redirect.get("working") else "NOT WORKING"
     detail = " ".join(str(redirect.get("detail", "")).split())
+    repairs = redirect.get("repairs") or 0
+    if repairs:
+        detail += f"; put back {repairs} time(s) since start, last: {redirect.get('last_repair')}"
     return f"{state} (backend {redirect.get('backend') or 'none'}): {detail}"
 
 
