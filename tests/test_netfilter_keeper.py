@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.netfilter_support import BACKENDS, bare_netns, curl, env, metamock, prepare, snapshot
-from tests.netns import NetNS
-from tests.servers import serve
+from tests.netns import REPO, NetNS
+from tests.servers import serve, until
 
 pytestmark = pytest.mark.root
 
@@ -114,3 +116,37 @@ def test_serve_netfilter_repairs_each_damage_within_5s(ns: NetNS, backend: str, 
     assert {
         k: v for k, v in after.items() if before[k] != v
     } == {}  # the keeper stopped before the remove: nothing put back
+
+
+def test_sidecar_keeps_the_redirect_its_programs_use(ns: NetNS, tmp_path: Path) -> None:
+    """`metamock sidecar` (privileged: it applies the redirect itself) puts back a flushed chain
+    while it supervises a program that uses the hard-coded address, and removes it all at exit."""
+    before = snapshot(ns)
+    log = tmp_path / "sidecar.log"
+    script = tmp_path / "client.sh"
+    # The program asks the hard-coded address once a second, as an old SDK would.
+    script.write_text(
+        f"#!/bin/sh\nwhile :; do curl -s -m 1 {URL} > {tmp_path}/seen.tmp && mv {tmp_path}/seen.tmp "
+        f"{tmp_path}/seen; sleep 0.2; done\n"
+    )
+    script.chmod(0o755)
+    argv = [sys.executable, "-m", "metamock", "sidecar", "--source", "local", "--port", "1338",
+            "--stop-notice", "0", "--run", f"client={script}", "--profile-script", "", "--systemd-dir", ""]  # fmt: skip
+    with log.open("w") as stderr:
+        proc = ns.popen(argv, env=env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            until((tmp_path / "seen").exists, "the program reached 169.254.169.254", proc=proc)
+            assert (tmp_path / "seen").read_text().startswith("i-")
+            seen = len(warnings(log))
+            assert ns.run(["nft", "flush", "chain", "inet", "metamock", "output"]).returncode == 0
+            until(lambda: len(warnings(log)) > seen, "the keeper's WARNING", proc=proc, timeout=5)
+            (tmp_path / "seen").unlink()
+            until((tmp_path / "seen").exists, "the program reaches it again", proc=proc, timeout=5)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    new = warnings(log)[seen:]
+    assert len(new) == 1 and "chain output of table inet metamock is empty" in new[0], new
+    assert snapshot(ns) == before
