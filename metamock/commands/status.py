@@ -77,6 +77,9 @@ def duration(seconds: float) -> str:
     return f"{secs}s"
 
 
+INDENT = " " * 13  # under the values of the lines above
+
+
 def render(status: Mapping[str, Any], now: float) -> str:
     """The answer as aligned lines for a person."""
     lines = [
@@ -88,7 +91,7 @@ def render(status: Mapping[str, Any], now: float) -> str:
         f"access log   {'on' if status.get('access_log') else 'off'}",
     ]
     lines += _credentials(status.get("credentials") or {})
-    lines.append(f"redirect     {_redirect(status.get('redirect') or {})}")
+    lines += _redirect(status.get("redirect") or {})
     scenarios = status.get("scenarios") or []
     lines.append("scenarios    " + (", ".join(_scenario(s) for s in scenarios) if scenarios else "none"))
     lines += _requests(status.get("requests") or {})
@@ -112,17 +115,20 @@ def _credentials(creds: Mapping[str, Any]) -> list[str]:
     return [first, second]
 
 
-def _redirect(redirect: Mapping[str, Any]) -> str:
+def _redirect(redirect: Mapping[str, Any]) -> list[str]:
+    """`redirect     working (backend nft)`, then what netfilter status found, one item a line."""
     if not redirect.get("checked", True):
-        return "not checked"
+        return ["redirect     not checked"]
     if not redirect.get("requested"):
-        return "not requested (the server runs without --netfilter)"
+        return ["redirect     not requested (the server runs without --netfilter)"]
     state = "working" if redirect.get("working") else "NOT WORKING"
-    detail = " ".join(str(redirect.get("detail", "")).split())
-    repairs = redirect.get("repairs") or 0
-    if repairs:
-        detail += f"; put back {repairs} time(s) since start, last: {redirect.get('last_repair')}"
-    return f"{state} (backend {redirect.get('backend') or 'none'}): {detail}"
+    lines = [f"redirect     {state} (backend {redirect.get('backend') or 'none'})"]
+    detail = (line.strip() for line in str(redirect.get("detail", "")).splitlines())
+    lines += [f"{INDENT}{line}" for line in detail if line]
+    if redirect.get("repairs"):
+        last = redirect.get("last_repair")
+        lines.append(f"{INDENT}put back {redirect['repairs']} time(s) since start, last: {last}")
+    return lines
 
 
 def _scenario(scenario: Mapping[str, Any]) -> str:
