@@ -329,9 +329,11 @@ def test_a_stale_socket_is_named_and_then_replaced(two_ns: tuple[NetNS, NetNS]) 
     key = ns.run([sys.executable, "-c", KEY_CODE], env=cli_env(), cwd=REPO).stdout.strip()
     stale = Path("/run/metamock") / f"control-1338-net{key}.sock"
     Path("/run/metamock").mkdir(mode=0o700, exist_ok=True)
-    left = socket.socket(socket.AF_UNIX)
-    left.bind(str(stale))
-    left.close()
+    # An earlier namespace with this inode may have left its own stale socket here already
+    # (a server killed by the suite): this test makes the stale socket it describes.
+    stale.unlink(missing_ok=True)
+    with socket.socket(socket.AF_UNIX) as left:
+        left.bind(str(stale))
     try:
         done = _trigger_in(ns, "spot", "--port", "1338")
         assert done.returncode == 1
