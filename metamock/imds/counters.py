@@ -13,17 +13,14 @@ update, and the path work happens only for 401 and 404.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from metamock.imds.versions import API_VERSIONS
+from metamock.imds.versions import is_version, path_segments
 
 MAX_PATHS = 64
 MAX_KEY = 128
 OTHER = "(other)"
 MISSED = (404, 401)
-_DATED = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_VERSIONS = frozenset(API_VERSIONS)
 
 
 def printable(text: str, limit: int) -> str:
@@ -39,12 +36,9 @@ def printable(text: str, limit: int) -> str:
 
 
 def normalise(raw_path: str) -> str:
-    """The path a miss is counted under: no query, no empty segments, versions as `latest`."""
-    query = raw_path.find("?")
-    if query >= 0:
-        raw_path = raw_path[:query]
-    segments = [s for s in raw_path.split("/") if s]
-    if segments and (segments[0] in _VERSIONS or _DATED.match(segments[0])):
+    """The path a miss is counted under: segments as the router splits them, versions as `latest`."""
+    segments = path_segments(raw_path)
+    if segments and is_version(segments[0]):
         segments[0] = "latest"
     return printable("/" + "/".join(segments), MAX_KEY)
 

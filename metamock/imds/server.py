@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import socket
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple, Protocol
@@ -20,14 +19,12 @@ from metamock.imds.counters import RequestCounters
 from metamock.imds.limits import ConnectionLimits, LimitedServer
 from metamock.imds.tokens import MAX_TTL, MIN_TTL, TokenSigner
 from metamock.imds.tree import BASE_HEADERS, TEXT, Tree
-from metamock.imds.versions import API_VERSIONS
+from metamock.imds.versions import API_VERSIONS, is_version, path_segments
 
 log = logging.getLogger(__name__)
 
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
-_DATED = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_VERSIONS = frozenset(API_VERSIONS)
 _VERSIONS_BODY = "\n".join(API_VERSIONS).encode()
 _METADATA_HOSTS = frozenset({"169.254.169.254", "[fd00:ec2::254]", "127.0.0.1", "[::1]", "localhost"})
 NOT_FOUND_BODY = b"""<?xml version="1.0" encoding="iso-8859-1"?>
@@ -118,16 +115,14 @@ class ImdsHandler:
         route = self._routes.get(raw_path)
         if route is not None:
             return route
-        query = raw_path.find("?")
-        raw = raw_path[:query] if query >= 0 else raw_path
-        segments = [s for s in raw.split("/") if s]
+        segments = path_segments(raw_path)
         if len(segments) == 3 and segments[1] == "api" and segments[2] == "token":
             # EC2 answers 403 to versioned or slash-terminated token paths (observed).
-            exact = segments[0] == "latest" and not raw.endswith("/")
+            exact = segments[0] == "latest" and not raw_path.partition("?")[0].endswith("/")
             route = Route(TOKEN if exact else BAD_TOKEN_PATH, "", False)
         elif not segments:
             route = Route(VERSIONS, "", False)
-        elif segments[0] not in _VERSIONS and not _DATED.match(segments[0]):
+        elif not is_version(segments[0]):
             route = Route(MISSING, "", False)
         else:
             route = Route(
