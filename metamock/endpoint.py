@@ -24,9 +24,14 @@ def client_host(hosts: Sequence[str]) -> str:
     return hosts[0]
 
 
+def bracket(host: str) -> str:
+    """`host` as it stands before `:port` in a URL or a `Host` header: IPv6 in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
 def endpoint_url(port: int, host: str = "127.0.0.1") -> str:
     """`http://host:port/`, IPv6 hosts in brackets."""
-    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+    return f"http://{bracket(host)}:{port}/"
 
 
 def endpoint_advice(port: int, host: str = "127.0.0.1") -> str:

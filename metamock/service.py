@@ -21,6 +21,7 @@ from aiohttp import web
 
 from metamock.clock import Clock, SystemClock
 from metamock.control import ControlServer, choose_path, handle_request
+from metamock.endpoint import bracket
 from metamock.errors import MetamockError, SettingsError
 from metamock.imds.counters import RequestCounters
 from metamock.imds.server import ImdsHandler, make_server
@@ -149,7 +150,7 @@ class Service:
                 self.tokens,
                 tokens_required=self.settings.tokens == "required",
                 hop_limit=self.settings.hop_limit,
-                extra_hosts=frozenset(_bracket(h) for h in self.settings.hosts),
+                extra_hosts=frozenset(bracket(h) for h in self.settings.hosts),
                 counters=self.counters,
             )
             server = make_server(handler, access_log=self.settings.access_log)
@@ -413,10 +414,6 @@ class Service:
                 await self.remove_redirect()
             finally:
                 await self.source.close()
-
-
-def _bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 def _file_id(path: Path) -> tuple[int, int, int] | None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from metamock import __version__
 from metamock.clock import iso_z
+from metamock.endpoint import bracket
 from metamock.errors import MetamockError
 from metamock.translate import role_name
 
@@ -34,7 +35,7 @@ async def collect(service: Service, *, redirect: bool = True) -> dict[str, Any]:
         "started_at": iso_z(service.started_at),
         "uptime": max(0.0, round(now - service.started_at, 1)),
         "source": settings.resolved_source(),
-        "listen": [f"[{h}]:{service.port}" if ":" in h else f"{h}:{service.port}" for h in service.listening],
+        "listen": [f"{bracket(h)}:{service.port}" for h in service.listening],
         "tokens": settings.tokens,
         "access_log": settings.access_log,
         "credentials": credentials_status(service, now),

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Mapping
 
 from metamock import settings as settings_table
-from metamock.endpoint import client_host, endpoint_advice
+from metamock.endpoint import bracket, client_host, endpoint_advice
 from metamock.lifecycle import run_service
 from metamock.service import Service
 from metamock.settings import Settings
@@ -35,7 +35,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
 
 def announce(service: Service) -> None:
     settings = service.settings
-    hosts = ", ".join(f"[{h}]" if ":" in h else h for h in settings.hosts)
+    hosts = ", ".join(bracket(h) for h in settings.hosts)
     # Advise an address the server really listens on (with only --host ::1, 127.0.0.1 is refused).
     advice = endpoint_advice(service.port, client_host(settings.hosts))
     log.info(
