@@ -9,7 +9,10 @@ import argparse
 import http.client
 import os
 
+from metamock.imds.wire import TOKEN_HEADER, TOKEN_PATH, TTL_HEADER, request
 from metamock.settings import add_port_argument, client_port
+
+INSTANCE_ID_PATH = "/latest/meta-data/instance-id"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,18 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check(host: str, port: int, timeout: float) -> str | None:
     """None when healthy, else what went wrong (never a token)."""
     try:
-        conn = http.client.HTTPConnection(host, port, timeout=timeout)
-        conn.request("PUT", "/latest/api/token", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
-        resp = conn.getresponse()
-        token = resp.read().decode("ascii", "replace")
-        if resp.status != 200 or not token:
-            return f"token PUT answered {resp.status}"
-        conn.request("GET", "/latest/meta-data/instance-id", headers={"X-aws-ec2-metadata-token": token})
-        resp = conn.getresponse()
-        body = resp.read()
-        if resp.status != 200 or not body.startswith(b"i-"):
-            return f"instance-id GET answered {resp.status}"
-        conn.close()
+        status, body = request(host, port, "PUT", TOKEN_PATH, {TTL_HEADER: "60"}, timeout=timeout)
+        token = body.decode("ascii", "replace")
+        if status != 200 or not token:
+            return f"token PUT answered {status}"
+        status, body = request(host, port, "GET", INSTANCE_ID_PATH, {TOKEN_HEADER: token}, timeout=timeout)
+        if status != 200 or not body.startswith(b"i-"):
+            return f"instance-id GET answered {status}"
     except (OSError, http.client.HTTPException) as exc:
         return f"no answer from {host}:{port}: {exc}"
     return None

@@ -9,12 +9,10 @@ from metamock.doctor.credentials import judge_expiry, parse_credentials
 from metamock.doctor.http import ProbeError, Reply, probe
 from metamock.doctor.place import Kind, where
 from metamock.doctor.report import Check, failed, passed, skipped
+from metamock.imds.wire import TOKEN_HEADER, TOKEN_PATH, TTL_HEADER
 from metamock.sources.base import Credentials
 
 NAMES = ("server", "imdsv2", "tokens", "role", "server-credentials")
-TOKEN_PATH = "/latest/api/token"
-TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
-TOKEN_HEADER = "X-aws-ec2-metadata-token"
 CREDS_PATH = "/latest/meta-data/iam/security-credentials/"
 PORT_HINT = "pass doctor the port it uses (--port / METAMOCK_PORT)"
 

@@ -20,9 +20,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from metamock.imds.counters import printable
+from metamock.imds.wire import TOKEN_HEADER
 
 LOGGER = "metamock.access"
-TOKEN_HEADER = "X-aws-ec2-metadata-token"
 MAX_PATH = 512
 MAX_AGENT = 128
 

@@ -20,11 +20,10 @@ from metamock.imds.limits import ConnectionLimits, LimitedServer
 from metamock.imds.tokens import MAX_TTL, MIN_TTL, TokenSigner
 from metamock.imds.tree import BASE_HEADERS, TEXT, Tree
 from metamock.imds.versions import API_VERSIONS, is_version, path_segments
+from metamock.imds.wire import TOKEN_HEADER, TTL_HEADER
 
 log = logging.getLogger(__name__)
 
-TOKEN_HEADER = "X-aws-ec2-metadata-token"
-TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 _VERSIONS_BODY = "\n".join(API_VERSIONS).encode()
 _METADATA_HOSTS = frozenset({"169.254.169.254", "[fd00:ec2::254]", "127.0.0.1", "[::1]", "localhost"})
 NOT_FOUND_BODY = b"""<?xml version="1.0" encoding="iso-8859-1"?>

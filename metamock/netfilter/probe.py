@@ -4,7 +4,7 @@ A token is asked for through http://169.254.169.254:80 (where the redirect sends
 on 127.0.0.1:<port> directly. A token is HMAC-signed by the server process that issued it and no
 other server can forge one, so a 200 proves that what answers 169.254.169.254 is that very server;
 a foreign IMDS (the real one, when the redirect is gone) hands out a token ours answers 401 to.
-Standard library only, no proxies (http.client never reads *_PROXY), 1 s per step.
+Standard library only (`metamock.imds.wire`), no proxies, 1 s per step.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from metamock.imds.wire import TOKEN_HEADER, TOKEN_PATH, TTL_HEADER, request
 from metamock.netfilter.routes import IMDS_V4
 
 TIMEOUT = 1.0
-TOKEN_PATH = "/latest/api/token"
 CHECK_PATH = "/latest/meta-data/instance-id"
 
 
@@ -27,16 +27,6 @@ class Probe:
     detail: str
 
 
-def _request(host: str, port: int, method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection(host, port, timeout=TIMEOUT)
-    try:
-        conn.request(method, path, headers=headers)
-        response = conn.getresponse()
-        return response.status, response.read(4096)
-    finally:
-        conn.close()
-
-
 def probe(port: int, exclude_uids: Sequence[int] = ()) -> Probe:
     """Run the two requests; never raises."""
     uid = os.geteuid()
@@ -44,16 +34,14 @@ def probe(port: int, exclude_uids: Sequence[int] = ()) -> Probe:
         return Probe(None, f"probe not run: uid {uid} is excluded from the redirect, so its own "
                            f"requests would not be redirected (run it as another user)")  # fmt: skip
     try:
-        status, body = _request(
-            IMDS_V4, 80, "PUT", TOKEN_PATH, {"X-aws-ec2-metadata-token-ttl-seconds": "60"}
-        )
+        status, body = request(IMDS_V4, 80, "PUT", TOKEN_PATH, {TTL_HEADER: "60"}, timeout=TIMEOUT)
     except (OSError, http.client.HTTPException) as exc:
         return Probe(False, f"connection fails: token PUT to {IMDS_V4}:80: {_why(exc)}")
     if status != 200 or not body:
         return Probe(False, f"connection fails: token PUT to {IMDS_V4}:80 answered HTTP {status}")
     token = body.decode("ascii", "replace").strip()
     try:
-        status, _ = _request("127.0.0.1", port, "GET", CHECK_PATH, {"X-aws-ec2-metadata-token": token})
+        status, _ = request("127.0.0.1", port, "GET", CHECK_PATH, {TOKEN_HEADER: token}, timeout=TIMEOUT)
     except (OSError, http.client.HTTPException) as exc:
         return Probe(False, f"connection fails: 127.0.0.1:{port}: {_why(exc)}")
     if status == 200:
