@@ -24,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("metamock.commands.doctor", "diagnose the metadata setup"),
     "trigger": ("metamock.commands.trigger", "trigger or clear EC2 life-cycle scenarios"),
     "status": ("metamock.commands.status", "what the running server does: credentials, redirect, requests"),
+    "run": (
+        "metamock.commands.run",
+        "run a command that sees EC2, in namespaces of its own (no root needed)",
+    ),
 }
 
 
@@ -79,7 +83,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     try:
-        options = log_options(vars(args), os.environ)
+        options = log_options(vars(args), os.environ, getattr(module, "DEFAULT_LOG_LEVEL", "info"))
     except MetamockError as exc:
         print(f"metamock {name}: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -22,7 +22,16 @@ from metamock.errors import MetamockError, PrivilegeError
 
 MAX_LINE = 64 * 1024
 RUN_DIR = Path("/run/metamock")
+# Where the runtime files go instead of RUN_DIR (`metamock run` points it at a private directory of
+# its own: inside a user namespace /run/metamock belongs to nobody there).
+RUN_DIR_ENV = "METAMOCK_RUN_DIR"
 TMP_PREFIX = "/tmp/metamock-"  # noqa: S108 (a private 0700 directory per uid, checked)
+
+
+def run_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The directory for the control socket and the netfilter record: $METAMOCK_RUN_DIR or RUN_DIR."""
+    given = (os.environ if environ is None else environ).get(RUN_DIR_ENV)
+    return Path(given) if given else RUN_DIR
 
 
 def netns_key(ns_file: Path = Path("/proc/self/ns/net")) -> str | None:
@@ -51,7 +60,7 @@ def socket_candidates(
     `netns` defaults to this process's network namespace."""
     uid = os.geteuid() if uid is None else uid
     name = socket_name(port, netns_key() if netns is None else netns)
-    dirs = [RUN_DIR]
+    dirs = [run_dir(environ)]
     if environ.get("XDG_RUNTIME_DIR"):
         dirs.append(Path(environ["XDG_RUNTIME_DIR"]) / "metamock")
     dirs.append(Path(f"{TMP_PREFIX}{uid}"))

@@ -46,3 +46,9 @@ class EnvironmentReadError(MetamockError):
     """Another process's environment could not be read."""
 
     exit_code = 2
+
+
+class NamespaceError(MetamockError):
+    """A namespace (or the user-mode network for it) could not be made: `metamock run`."""
+
+    exit_code = 2

@@ -42,6 +42,9 @@ class Hooks:
     """What a command runs beside the server. This base runs nothing (`metamock serve`)."""
 
     forwarded: tuple[int, ...] = ()  # signals passed to on_signal besides SIGHUP
+    # After SIGTERM the stop notice is served for --stop-notice seconds even once `run` returned (an
+    # ECS task's other containers may still read it); False ends it with `run` (`metamock run`).
+    notice_outlives_run = True
 
     def __init__(self) -> None:
         self._stopped = asyncio.Event()
@@ -60,6 +63,9 @@ class Hooks:
 
     def on_signal(self, signum: int) -> None:
         """SIGHUP (after the config reload) or one of `forwarded`."""
+
+    def again(self, signum: int) -> None:
+        """A SIGTERM/SIGINT after the first (which also cuts the stop notice short)."""
 
     async def close(self) -> None:
         """Undo `prepare`; runs before the service stops, even after a failure."""
@@ -135,7 +141,7 @@ async def _serve(service: Service, hooks: Hooks, life: _Signals) -> int:
         notice = asyncio.ensure_future(service.publish_stop_notice())
     try:
         code = await running  # while the notice is served
-        if notice is not None:
+        if notice is not None and hooks.notice_outlives_run:
             cut = asyncio.ensure_future(life.again.wait())
             last: list[asyncio.Future[Any]] = [notice, cut]
             await asyncio.wait(last, return_when=asyncio.FIRST_COMPLETED)
@@ -203,6 +209,7 @@ class _Signals:
     def _on_stop(self, signum: int) -> None:
         if self.first is not None:
             self.again.set()
+            self.hooks.again(signum)
             return
         log.info("received %s: stopping", signal.Signals(signum).name)
         self.first = signum

@@ -393,7 +393,7 @@ def add_log_arguments(parser: argparse.ArgumentParser) -> None:
         "--log-level",
         dest="log_level",
         metavar="LEVEL",
-        help=f"{' | '.join(LOG_LEVELS)} [default: info, env: {LOG_LEVEL_ENV}]",
+        help=f"{' | '.join(LOG_LEVELS)} [default: info (run: warning), env: {LOG_LEVEL_ENV}]",
     )
     add(
         "--log-format",
@@ -409,14 +409,17 @@ def add_log_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def log_options(flags: Mapping[str, Any], environ: Mapping[str, str]) -> LogOptions:
-    """The logging flags (by argparse dest) over METAMOCK_LOG_LEVEL / METAMOCK_LOG_FORMAT."""
+def log_options(
+    flags: Mapping[str, Any], environ: Mapping[str, str], default_level: str = "info"
+) -> LogOptions:
+    """The logging flags (by argparse dest) over METAMOCK_LOG_LEVEL / METAMOCK_LOG_FORMAT, over the
+    command's default level."""
     level = _first(flags.get("log_level"), "--log-level", environ, LOG_LEVEL_ENV, choice(LOG_LEVELS))
     fmt = _first(flags.get("log_format"), "--log-format", environ, LOG_FORMAT_ENV, choice(LOG_FORMATS))
     if flags.get("verbose"):
         level = "debug"
     return LogOptions(
-        level=level or "info", format=fmt or "text", libraries=bool(flags.get("debug_libraries"))
+        level=level or default_level, format=fmt or "text", libraries=bool(flags.get("debug_libraries"))
     )
 
 

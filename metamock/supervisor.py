@@ -70,6 +70,11 @@ class ChildSpec:
     env: Mapping[str, str] = field(repr=False)  # may hold credential URIs: kept out of logs
     restart: Restart = Restart.ON_FAILURE
     before_start: Callable[[], None] | None = None
+    # 0: a process group of its own. Else this group: `metamock run` keeps its command in the
+    # terminal's foreground group, so Ctrl-C reaches it from the terminal, once.
+    process_group: int = 0
+    # Its exit, whatever the code, ends the supervision (`metamock run`: the command is the run).
+    ends_all: bool = False
 
 
 def exit_code(status: int) -> int:
@@ -86,6 +91,16 @@ def become_subreaper() -> bool:
     """Ask the kernel to give this process the orphans of its descendants (not needed as PID 1)."""
     libc = ctypes.CDLL(None, use_errno=True)
     return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+
+
+def _kill_own_group(child: _Child) -> None:
+    """SIGKILL the child's process group when it is its own; a child in a group it joined (the
+    terminal's, under `metamock run`) alone: that group holds the user's shell job too."""
+    assert child.pid is not None
+    if child.spec.process_group:
+        os.kill(child.pid, signal.SIGKILL)
+    else:
+        os.killpg(child.pid, signal.SIGKILL)
 
 
 class _Child:
@@ -197,7 +212,7 @@ class Supervisor:
         for child in self.children:
             if child.pid is not None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(child.pid, signal.SIGKILL)
+                    _kill_own_group(child)
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(child.pid, 0)  # noqa: ASYNC222 - SIGKILLed just above
         if self._loop is not None:
@@ -222,13 +237,18 @@ class Supervisor:
             if path is None:
                 raise FileNotFoundError(2, "command not found", spec.argv[0])
             pid = os.posix_spawn(
-                path, list(spec.argv), dict(spec.env), setpgroup=0, setsigmask=(), setsigdef=_RESET
+                path,
+                list(spec.argv),
+                dict(spec.env),
+                setpgroup=spec.process_group,
+                setsigmask=(),
+                setsigdef=_RESET,
             )
         except OSError as exc:
             log.error("%s: cannot start %s: %s", spec.name, spec.argv[0], exc.strerror or exc)
             child.exited.set_result(127 if isinstance(exc, FileNotFoundError) else 126)
             return
-        child.pid = child.pgid = pid
+        child.pid, child.pgid = pid, spec.process_group or pid
         self._by_pid[pid] = child
         log.info("%s: started (pid %d)", spec.name, pid)
 
@@ -268,6 +288,12 @@ class Supervisor:
             if self._stopping.is_set():
                 return
             spec = child.spec
+            if spec.ends_all:
+                log.info("%s: exited (code %d)", spec.name, code)
+                assert self._failed is not None
+                if not self._failed.done():
+                    self._failed.set_result(code)
+                return
             if not should_restart(spec.restart, code):
                 if code != 0:
                     log.error("%s: exited with code %d; not restarting (%s)", spec.name, code, spec.restart)
@@ -312,7 +338,7 @@ class Supervisor:
             if not child.exited.done() and child.pid is not None:
                 log.warning("%s: still running after %gs; killing it", child.spec.name, self.grace)
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(child.pid, signal.SIGKILL)
+                    _kill_own_group(child)
         left = [p for p in self.tree().values() if p.alive and p.pid not in self._by_pid]
         if left:
             log.warning(

@@ -167,7 +167,7 @@ def install(
     exclude_uids: Iterable[int] = (),
     *,
     environ: Mapping[str, str] | None = None,
-    state_dir: Path = state.STATE_DIR,
+    state_dir: Path | None = None,
 ) -> state.Applied:
     """Redirect IMDS traffic of this namespace to 127.0.0.1:`port`; returns the record written.
 
@@ -188,7 +188,7 @@ def apply(
     exclude_uids: Iterable[int] = (),
     *,
     environ: Mapping[str, str] | None = None,
-    state_dir: Path = state.STATE_DIR,
+    state_dir: Path | None = None,
 ) -> str:
     """`install`, returning only the backend used ("nft" or "iptables")."""
     return install(port, backend, ipv6, exclude_uids, environ=environ, state_dir=state_dir).backend
@@ -201,7 +201,7 @@ def _install(
     uids: tuple[int, ...],
     *,
     environ: Mapping[str, str] | None,
-    state_dir: Path,
+    state_dir: Path | None,
     variant: str | None,
 ) -> state.Applied:
     """apply's work; the caller holds the lock."""
@@ -209,7 +209,7 @@ def _install(
         # IPv6 is off here, so no client can use the IPv6 address: redirect IPv4 alone.
         log.warning("IPv6 is disabled in this network namespace; redirecting IPv4 only")
         ipv6 = False
-    tools, path = Tools.from_environ(environ), state.state_path(state_dir)
+    tools, path = Tools.from_environ(environ), state.state_path(state_dir, environ)
     previous = _trusted(state.load(path), tools, environ)
     chosen = _pick(backend, tools, variant or _variant(environ))
     marker = chosen.marker()
@@ -261,14 +261,14 @@ def _remove_rules(recorded: state.Applied | None, tools: Tools, environ: Mapping
     return removed
 
 
-def remove(*, environ: Mapping[str, str] | None = None, state_dir: Path = state.STATE_DIR) -> bool:
+def remove(*, environ: Mapping[str, str] | None = None, state_dir: Path | None = None) -> bool:
     """Delete metamock's rules, table/chains (duplicates too) and routes; True when anything was there.
 
     Without CAP_NET_ADMIN nothing can be read or deleted, so nothing can be said either:
     PrivilegeError, even when this container holds no record (the rules may have been applied
     from another container of the network namespace, whose /run is not ours).
     """
-    path = state.state_path(state_dir)
+    path = state.state_path(state_dir, environ)
     recorded = state.load(path)
     if not has_net_admin():
         seen = (
@@ -300,7 +300,7 @@ def repair(
     record: state.Applied,
     *,
     environ: Mapping[str, str] | None = None,
-    state_dir: Path = state.STATE_DIR,
+    state_dir: Path | None = None,
     stopping: Callable[[], bool] = lambda: False,
 ) -> tuple[state.Applied, list[str]]:
     """Under the lock: when anything of `record` is missing, apply it again.
@@ -334,11 +334,11 @@ def _live(trusted: state.Applied | None, tools: Tools, environ: Mapping[str, str
 
 
 def status(
-    *, environ: Mapping[str, str] | None = None, state_dir: Path = state.STATE_DIR, probe: bool = True
+    *, environ: Mapping[str, str] | None = None, state_dir: Path | None = None, probe: bool = True
 ) -> Status:
     """What is in place now, verified: the live rules against what a clean apply writes for the
     recorded port, uids and IPv6, the routes, and (`probe`) a connection through the redirect."""
-    recorded = state.load(state.state_path(state_dir))
+    recorded = state.load(state.state_path(state_dir, environ))
     if not has_net_admin():
         ours = tuple(routes.ours())
         note = "without CAP_NET_ADMIN the rules cannot be read"

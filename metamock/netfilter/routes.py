@@ -221,3 +221,17 @@ def _remove(routes: list[Route] | None) -> list[Route]:
         targets = [r for r in (present if routes is None else routes) if r in present]
         _delete(ipr, targets)
     return targets
+
+
+def loopback_up() -> None:
+    """Bring `lo` up: a new network namespace starts with it down, and nothing listens or routes
+    there until it is up (`metamock run`)."""
+
+    def up() -> None:
+        with _iproute() as ipr:
+            try:
+                ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+            except _netlink_error_type() as exc:
+                raise _netlink_error(exc, "ip link set lo up") from exc
+
+    _off_loop(up)

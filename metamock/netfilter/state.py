@@ -1,4 +1,4 @@
-"""What apply put in place: a small JSON record under /run/metamock/, and a tag in the kernel.
+"""What apply put in place: a small JSON record in the run directory, and a tag in the kernel.
 
 The record is only a cache. The kernel holds the truth: metamock's nft table carries the comment
 `metamock nonce=<hex> port=<p>`, and each iptables jump to METAMOCK the same text (plus
@@ -12,21 +12,23 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from metamock.control_socket import netns_key
+from metamock.control_socket import netns_key, run_dir
 from metamock.errors import NetfilterError
 from metamock.netfilter.routes import Route
 
-STATE_DIR = Path("/run/metamock")
 _TAG = re.compile(r"metamock nonce=([0-9a-f]+) port=(\d+)( nat=created)?( output=created)?")
 
 
-def state_path(state_dir: Path = STATE_DIR) -> Path:
-    """One file per network namespace (`<dev>-<inode>` of its nsfs file, as the control socket)."""
-    return state_dir / f"netfilter-{netns_key() or 'default'}.json"
+def state_path(state_dir: Path | None = None, environ: Mapping[str, str] | None = None) -> Path:
+    """One file per network namespace (`<dev>-<inode>` of its nsfs file, as the control socket), in
+    `state_dir` or else where `environ` says (control_socket.run_dir: /run/metamock by default)."""
+    directory = run_dir(environ) if state_dir is None else state_dir
+    return directory / f"netfilter-{netns_key() or 'default'}.json"
 
 
 def new_nonce() -> str:
