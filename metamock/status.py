@@ -66,7 +66,9 @@ async def redirect_status(service: Service) -> dict[str, Any]:
     from metamock import netfilter
 
     try:
-        live = await asyncio.wait_for(asyncio.to_thread(netfilter.status), REDIRECT_TIMEOUT)
+        # The server's environment, as at apply: METAMOCK_RUN_DIR says where the record is.
+        environ = service.settings.environ
+        live = await asyncio.wait_for(asyncio.to_thread(netfilter.status, environ=environ), REDIRECT_TIMEOUT)
     except TimeoutError:
         return _broken(service, f"the check did not finish within {REDIRECT_TIMEOUT:g} s")
     except MetamockError as exc:
