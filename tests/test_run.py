@@ -135,11 +135,17 @@ def test_serve_options_apply_inside(ns: NetNS, user: User, shared_dir: Path) -> 
     assert "/latest/meta-data/placement/region" in done.stderr  # the access log, on stderr
 
 
-def test_status_inside_finds_the_server_and_its_redirect(ns: NetNS, user: User) -> None:
+def test_status_and_trigger_inside_find_the_server(ns: NetNS, user: User) -> None:
     """`metamock status` in the command reaches the run's server (METAMOCK_RUN_DIR) and reports the
-    redirect verified: the rule in the kernel and a token round trip through 169.254.169.254."""
-    done = run_in(ns, user, "run", "--", user.python, "-m", "metamock", "status")
+    redirect verified (the rule in the kernel, a token round trip through 169.254.169.254);
+    `metamock trigger spot` there starts the notice the command then reads."""
+    script = (
+        f"{user.python} -m metamock status && {user.python} -m metamock trigger spot >/dev/null && "
+        f"echo spot=$(curl -s -m 5 {BASE}/meta-data/spot/instance-action)"
+    )
+    done = run_in(ns, user, "run", "--", "sh", "-c", script)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r'^spot=\{"action": "terminate", "time": ', done.stdout, re.M), done.stdout
     assert re.search(r"^redirect +working", done.stdout, re.M), done.stdout
     assert "connection verified: 169.254.169.254:80 reaches the server" in done.stdout
     assert "without a record" not in done.stdout  # the record is where the server wrote it
