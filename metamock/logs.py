@@ -78,9 +78,11 @@ def configure(options: LogOptions) -> None:
 
 
 def quiet_secret_loggers() -> None:
-    """botocore's and aiobotocore's loggers at INFO at the lowest; idempotent. Their own level is
-    set (NOTSET too): a DEBUG root set later must not reach them."""
+    """botocore's and aiobotocore's loggers at INFO at the lowest, and no lower than the root's
+    level (their own level decides, so `--log-level error` must reach them too); idempotent.
+    Their own level is set (NOTSET too): a DEBUG root set later must not reach them."""
+    floor = max(logging.INFO, logging.getLogger().getEffectiveLevel())
     for name in _SECRET_LOGGERS:
         logger = logging.getLogger(name)
-        if logger.level < logging.INFO:
-            logger.setLevel(logging.INFO)
+        if logger.level < floor:
+            logger.setLevel(floor)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -70,11 +71,14 @@ def main(argv: list[str]) -> int:
     # Python ignores these two at start; an ignored signal stays ignored across exec.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
-    try:
-        os.execvp(command[0], command)  # noqa: S606 (the command as given, never through a shell)
-    except FileNotFoundError:
+    # Looked up as a shell does: a PATH directory this user may not search is skipped, where
+    # os.execvp would report its EACCES for a command that is nowhere.
+    path = shutil.which(command[0])
+    if path is None:
         print(f"metamock run: {command[0]}: command not found", file=sys.stderr)
         return 127
+    try:
+        os.execv(path, command)  # noqa: S606 (the command as given, never through a shell)
     except OSError as exc:
         print(f"metamock run: {command[0]}: {exc.strerror}", file=sys.stderr)
         return 126

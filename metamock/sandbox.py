@@ -54,16 +54,23 @@ RELAYED = (
 SI_KERNEL = 0x80  # si_code of a signal the kernel sent: the terminal's, to its foreground group
 NSEXEC = Path(nsexec.__file__)
 REDIRECT_TOOLS = ("nft", "iptables")
+SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 
 def run_command(settings: Settings, command: Sequence[str], *, egress: bool, grace: float) -> int:
     """Run `command` in new namespaces beside a metamock server; its exit code (128+N for signal N)."""
     environ = settings.environ
     tools = user_network.find(environ) if egress else ()
-    if not any(shutil.which(t, path=environ.get("PATH", os.defpath)) for t in REDIRECT_TOOLS):
-        raise NamespaceError("the redirect needs nft or iptables on PATH; neither is installed")
+    # The server's PATH gets the sbin directories (a normal user's PATH on Debian lacks them, and
+    # nft and iptables live there); the command's PATH stays the caller's.
+    server_path = _with_sbin(environ.get("PATH", os.defpath))
+    if not any(shutil.which(t, path=server_path) for t in REDIRECT_TOOLS):
+        raise NamespaceError(
+            f"the redirect needs nft or iptables; neither is on PATH or in {', '.join(SBIN)}"
+        )
     run_dir = Path(tempfile.mkdtemp(prefix="metamock-run-", dir=_private_parent(environ)))
-    settings = dataclasses.replace(settings, netfilter=True, environ={**environ, RUN_DIR_ENV: str(run_dir)})
+    command_environ = {**environ, RUN_DIR_ENV: str(run_dir)}
+    settings = dataclasses.replace(settings, netfilter=True, environ={**command_environ, "PATH": server_path})
     become_subreaper()  # the command's orphans come here if the server dies first
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {*RELAYED, signal.SIGCHLD})
     status_r, status_w = os.pipe()
@@ -78,7 +85,7 @@ def run_command(settings: Settings, command: Sequence[str], *, egress: bool, gra
         code = 1
         try:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-            code = _server(settings, command, status_w, go_r, foreground, grace)
+            code = _server(settings, command, command_environ, status_w, go_r, foreground, grace)
         finally:
             with contextlib.suppress(Exception):
                 sys.stdout.flush()
@@ -107,6 +114,11 @@ def run_command(settings: Settings, command: Sequence[str], *, egress: bool, gra
         _kill_leftovers()
         shutil.rmtree(run_dir, ignore_errors=True)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def _with_sbin(path: str) -> str:
+    have = path.split(os.pathsep)
+    return os.pathsep.join([*have, *(d for d in SBIN if d not in have)])
 
 
 def _private_parent(environ: Mapping[str, str]) -> str | None:
@@ -174,6 +186,7 @@ def _kill_leftovers() -> None:
 def _server(  # noqa: PLR0917 (one call site, right above)
     settings: Settings,
     command: Sequence[str],
+    command_environ: Mapping[str, str],
     status_w: int,
     go_r: int,
     foreground: int,
@@ -196,7 +209,7 @@ def _server(  # noqa: PLR0917 (one call site, right above)
     if os.read(go_r, 3) != b"go\n":
         return 1  # the outer process gave up (the egress stack failed, and it said so)
     os.close(go_r)
-    hooks = RunHooks(_command_argv(command, made, uid, gid), settings.environ, foreground, grace)
+    hooks = RunHooks(_command_argv(command, made, uid, gid), command_environ, foreground, grace)
     try:
         loopback_up()
         code = asyncio.run(run_service(settings, hooks))

@@ -105,18 +105,28 @@ def _user(name: str, env: dict[str, str], tmp: Path) -> Iterator[User]:
             site,
         )
         env["PYTHONPATH"] = f"{view / 'repo'}:{view / 'site'}"
-        # What uid 65534 can run: the suite's PATH may start with a pyenv shim under /root.
-        env["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        # A normal user's PATH on Debian (no sbin: nft and iptables are not on it), and none of
+        # the suite's (a pyenv shim under /root, which uid 65534 cannot search).
+        env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
         yield User("nobody", str(SYSTEM_PYTHON), prefix, env, NOBODY, DROP, tmp)
     finally:
         shutil.rmtree(view, ignore_errors=True)
 
 
-def run_in(ns: NetNS, user: User, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def in_ns(ns: NetNS, argv: Sequence[str]) -> list[str]:
+    """`ip netns exec NS argv...` with `ip` found on this process's PATH, not on the user's."""
+    full = ns.cmd(list(argv))
+    return [shutil.which(full[0]) or full[0], *full[1:]]
+
+
+def run_in(
+    ns: NetNS, user: User, *args: str, timeout: float = 60, between: Sequence[str] = ()
+) -> subprocess.CompletedProcess[str]:
     """`metamock ARGS...` as `user` in `ns`, to completion."""
     return subprocess.run(
-        ns.cmd(user.argv(*args)), env=user.env, capture_output=True, text=True, timeout=timeout, check=False
-    )
+        in_ns(ns, user.argv(*args, between=between)),
+        env=user.env, capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
 
 
 def start_in(ns: NetNS, user: User, *args: str, **kw: object) -> subprocess.Popen[str]:

@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import FIXTURES, make_netns, require
 from tests.netns import REPO, NetNS
-from tests.run_support import USERS, User, as_user, left_in_tmp, run_in, send, start_in, wait_gone
+from tests.run_support import USERS, User, as_user, in_ns, left_in_tmp, run_in, send, start_in, wait_gone
 
 INSTANCE_ID = re.compile(r"^i-[0-9a-f]{17}$")
 BASE = "http://169.254.169.254/latest"
@@ -86,7 +86,7 @@ echo "v2=$(curl -sS -m 5 -H "X-aws-ec2-metadata-token: $token" BASE/meta-data/in
 echo "v6=$(curl -sS -m 5 'http://[fd00:ec2::254]/latest/meta-data/instance-id')"
 echo "ec2-metadata=$(ec2-metadata -i)"
 echo "boto3=$(PYTHON -c 'import boto3; c = boto3.Session().get_credentials(); print(c.method)')"
-echo "nft=$(nft list ruleset >/dev/null 2>&1 && echo allowed || echo refused)"
+echo "nft=$(/usr/sbin/nft list ruleset >/dev/null 2>&1 && echo allowed || echo refused)"
 """.replace("BASE", BASE)
 
 
@@ -164,10 +164,25 @@ def test_exit_code_is_the_commands(ns: NetNS, script: str, code: int) -> None:
     assert done.returncode == code, done.stderr
 
 
-def test_missing_command_is_127_with_one_line(ns: NetNS, user: User) -> None:
+def test_missing_command_is_127_with_one_line(ns: NetNS, user: User, shared_dir: Path) -> None:
+    """Looked up as a shell does: a PATH directory the user may not search does not turn "not
+    found" into "permission denied" (126)."""
+    closed = shared_dir / "closed"
+    closed.mkdir(mode=0o700)
+    user.env["PATH"] = f"{closed}:{user.env['PATH']}"
     done = run_in(ns, user, "run", "--", "no-such-command-here")
-    assert done.returncode == 127
+    closed.rmdir()
+    assert done.returncode == 127, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "metamock run: no-such-command-here: command not found"
+
+
+def test_quiet_unless_asked(ns: NetNS, user: User) -> None:
+    """The server says nothing on the command's stderr by default (warnings only), not even the
+    libraries' INFO lines (botocore's "Found credentials"), and --log-level error holds for them."""
+    user.env.update(AWS_ACCESS_KEY_ID="AKIAEXAMPLEEXAMPLE00", AWS_SECRET_ACCESS_KEY="example-secret")
+    for args in ((), ("--log-level", "error")):
+        done = run_in(ns, user, "run", *args, "--", "sh", "-c", "echo out; echo err >&2")
+        assert (done.returncode, done.stdout, done.stderr) == (0, "out\n", "err\n")
 
 
 @pytest.mark.parametrize(
@@ -218,7 +233,7 @@ def test_ctrl_c_at_the_terminal_reaches_the_command_once(ns: NetNS, user: User) 
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
     proc = subprocess.Popen(
-        ns.cmd(user.argv("run", "--", "/usr/bin/python3", "-c", counter)),
+        in_ns(ns, user.argv("run", "--", "/usr/bin/python3", "-c", counter)),
         env=user.env, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
         preexec_fn=controlling_terminal,  # noqa: PLW1509 (a pty's session, in the child)
     )  # fmt: skip
@@ -382,16 +397,23 @@ def test_refused_user_namespaces_are_one_line_naming_the_sysctl(ns: NetNS, share
         limited = [sys.executable, str(REPO / "tests" / "limited_userns.py")]
         argv = user.argv("run", "--", "true", between=limited)
         done = subprocess.run(
-            ns.cmd(argv), env=user.env, capture_output=True, text=True, timeout=60, check=False
+            in_ns(ns, argv), env=user.env, capture_output=True, text=True, timeout=60, check=False
         )
     assert_one_line_exit_2(
         done, "user.max_user_namespaces = 0", "netfilter apply", "AWS_EC2_METADATA_SERVICE_ENDPOINT"
     )
 
 
-def test_redirect_tools_missing_is_one_line(ns: NetNS, shared_dir: Path) -> None:
+HIDE_REDIRECT_TOOLS = (
+    'for t in nft iptables; do p=$(command -v $t) && mount --bind /dev/null "$(readlink -f "$p")"; '
+    'done; exec "$@"'
+)
+
+
+def test_redirect_tools_missing_is_one_line(ns: NetNS) -> None:
+    """No nft or iptables anywhere (hidden in a private mount namespace): one line, exit 2."""
     with as_user("nobody") as user:
-        user.env["PATH"] = tools_dir(shared_dir, without=("nft", "iptables"))
-        done = run_in(ns, user, "run", "--", "true")
+        hide = ["env", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "sh", "-c", HIDE_REDIRECT_TOOLS, "hide"]
+        done = run_in(ns, user, "run", "--", "true", between=hide)
         assert left_in_tmp(user) == []
-    assert_one_line_exit_2(done, "needs nft or iptables")
+    assert_one_line_exit_2(done, "needs nft or iptables", "/usr/sbin")
