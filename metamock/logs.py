@@ -74,14 +74,13 @@ def configure(options: LogOptions) -> None:
     root.setLevel(logging.DEBUG if options.libraries else max(level, logging.INFO))
     logging.getLogger("metamock").setLevel(level)
     logging.getLogger("metamock.access").setLevel(logging.INFO)
-    quiet_secret_loggers()
+    # Their own level decides for them: as quiet as the root at least (`--log-level error` too).
+    quiet_secret_loggers(max(logging.INFO, root.level))
 
 
-def quiet_secret_loggers() -> None:
-    """botocore's and aiobotocore's loggers at INFO at the lowest, and no lower than the root's
-    level (their own level decides, so `--log-level error` must reach them too); idempotent.
-    Their own level is set (NOTSET too): a DEBUG root set later must not reach them."""
-    floor = max(logging.INFO, logging.getLogger().getEffectiveLevel())
+def quiet_secret_loggers(floor: int = logging.INFO) -> None:
+    """botocore's and aiobotocore's loggers at `floor` (INFO) at the lowest; idempotent. Their own
+    level is set (NOTSET too): a DEBUG root set later must not reach them."""
     for name in _SECRET_LOGGERS:
         logger = logging.getLogger(name)
         if logger.level < floor:
