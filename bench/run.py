@@ -8,7 +8,9 @@ Inside a throwaway namespace with only `lo` (the fake ECS agent on 169.254.170.2
   same-size static body, same pinning, same event loop;
 - ms from process start to the first answered token PUT (`serve --source ecs`), median of 3;
 - RSS after the load;
-- credential calls the upstream sees while 2,000 concurrent clients fetch credentials.
+- credential calls the upstream sees while 2,000 concurrent clients fetch credentials;
+- AWS's amazon-ec2-metadata-mock (AEMM, built from the Go module proxy and cached: bench/aemm.py)
+  beside them in the same rounds: req/s and p99 of its role-credentials path, ready time, RSS.
 Figures are printed and written to bench/results/latest.json.
 """
 
@@ -23,6 +25,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ PY = sys.executable
 ROLE_PATH = "/latest/meta-data/iam/security-credentials/example-task-role"
 sys.path.insert(0, str(REPO))
 
+from bench import aemm
 from tests.fakes.ecs_agent import fargate_env
 from tests.netns import NetNS, create_netns
 from tests.netns import base_env as env
@@ -84,6 +88,35 @@ def ready_ms(ns: NetNS, port: int) -> float:
     proc.kill()
     proc.wait()
     del url
+    return elapsed
+
+
+def start_aemm(ns: NetNS, binary: Path, port: int, home: Path) -> subprocess.Popen[bytes]:
+    """AEMM on 127.0.0.1:`port`, CPU 0; its per-request log to /dev/null (it would be the cost)."""
+    return ns.popen(
+        ["taskset", "-c", "0", str(binary), "--hostname", "127.0.0.1", "--port", str(port)],
+        env={**env(), "HOME": str(home)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def aemm_ready_ms(ns: NetNS, binary: Path, port: int, home: Path) -> float:
+    """ms from spawning AEMM to its first answered token PUT (polled every 2 ms), as ready_ms."""
+    start = time.monotonic()
+    proc = start_aemm(ns, binary, port, home)
+    probe = (
+        "import http.client,time\n"
+        "while True:\n"
+        " try:\n"
+        f"  c=http.client.HTTPConnection('127.0.0.1',{port},timeout=1);"
+        "c.request('PUT','/latest/api/token',headers={'X-aws-ec2-metadata-token-ttl-seconds':'60'});"
+        "r=c.getresponse()\n"
+        "  if r.status==200: break\n"
+        " except OSError: time.sleep(0.002)\n"
+    )
+    sh(ns, PY, "-c", probe)
+    elapsed = (time.monotonic() - start) * 1000
+    proc.kill()
+    proc.wait()
     return elapsed
 
 
@@ -175,6 +208,9 @@ def main() -> int:
         loop = "uvloop"
     except ImportError:
         loop = "asyncio"
+    aemm_binary, aemm_how = aemm.build()
+    if aemm_binary is None:
+        print(f"bench: AEMM left out: {aemm_how}", file=sys.stderr)
     ns = create_netns("mmbench")
     results: dict[str, Any] = {"loop": loop, "connections": args.connections, "seconds": args.seconds}
     try:
@@ -201,18 +237,48 @@ def main() -> int:
                         "--size", str(len(body.encode())), *ref_args], env=env(), stdout=subprocess.DEVNULL)  # fmt: skip
         wait_http(ns, "http://127.0.0.1:1339/")
 
-        # Warm both, then measure alternately so drift on the machine hits both alike.
+        aemm_url = aemm_token = None
+        aemm_proc: subprocess.Popen[bytes] | None = None
+        if aemm_binary is not None:
+            home = Path(tempfile.mkdtemp(prefix="mmbench-aemm-"))
+            results["aemm"] = {"how": aemm_how, "version": aemm.VERSION}
+            results["aemm"]["ready_ms"] = [
+                round(aemm_ready_ms(ns, aemm_binary, 1410 + i, home), 1) for i in range(3)
+            ]
+            aemm_proc = start_aemm(ns, aemm_binary, 1340, home)
+            wait_http(ns, "http://127.0.0.1:1340/latest/api/token", "PUT")
+            aemm_token = sh(ns, "curl", "-sf", "-X", "PUT", "-H", "X-aws-ec2-metadata-token-ttl-seconds: 21600",
+                            "http://127.0.0.1:1340/latest/api/token").stdout  # fmt: skip
+            listing = "http://127.0.0.1:1340/latest/meta-data/iam/security-credentials/"
+            role = sh(
+                ns, "curl", "-sf", "-H", f"X-aws-ec2-metadata-token: {aemm_token}", listing
+            ).stdout.strip()
+            aemm_url = listing + role
+            aemm_body = sh(
+                ns, "curl", "-sf", "-H", f"X-aws-ec2-metadata-token: {aemm_token}", aemm_url
+            ).stdout
+            results["aemm"]["body_bytes"] = len(aemm_body.encode())
+            results["aemm"]["rss_mb_idle"] = round(rss_mb(server_pid(aemm_proc)), 1)
+        # Warm all, then measure alternately so drift on the machine hits all alike.
         wrk(ns, f"http://127.0.0.1:1338{ROLE_PATH}", token, 2, args.connections)
         wrk(ns, "http://127.0.0.1:1339/", token, 2, args.connections)
+        if aemm_url is not None and aemm_token is not None:
+            wrk(ns, aemm_url, aemm_token, 2, args.connections)
         # Rounds alternate metamock and the reference, so drift on the machine hits both alike;
         # the ratio reported is the median of the rounds' ratios (all rounds are kept).
         rounds = []
         for _ in range(args.rounds):
             ours = wrk(ns, f"http://127.0.0.1:1338{ROLE_PATH}", token, args.seconds, args.connections)
             theirs = wrk(ns, "http://127.0.0.1:1339/", token, args.seconds, args.connections)
-            rounds.append(
-                {"metamock": ours, "reference": theirs, "ratio": round(ours["rps"] / theirs["rps"], 3)}
-            )
+            one: dict[str, Any] = {
+                "metamock": ours,
+                "reference": theirs,
+                "ratio": round(ours["rps"] / theirs["rps"], 3),
+            }
+            if aemm_url is not None and aemm_token is not None:
+                one["aemm"] = wrk(ns, aemm_url, aemm_token, args.seconds, args.connections)
+                one["ratio_aemm"] = round(ours["rps"] / one["aemm"]["rps"], 3)
+            rounds.append(one)
         middle = sorted(rounds, key=lambda r: r["ratio"])[len(rounds) // 2]
         results["rounds"] = rounds
         results["metamock"] = middle["metamock"]
@@ -220,6 +286,15 @@ def main() -> int:
         results["ratio"] = middle["ratio"]
         results["rss_mb_after_load"] = round(rss_mb(server_pid(server)), 1)
         ref.kill()
+        if aemm_proc is not None:
+            by_aemm = sorted(rounds, key=lambda r: r["ratio_aemm"])[len(rounds) // 2]
+            results["aemm"].update(
+                rps=by_aemm["aemm"]["rps"], p99_ms=by_aemm["aemm"]["p99_ms"], ratio=by_aemm["ratio_aemm"],
+                ready_ms_median=statistics.median(results["aemm"]["ready_ms"]),
+                rss_mb_after_load=round(rss_mb(server_pid(aemm_proc)), 1),
+            )  # fmt: skip
+            aemm_proc.kill()
+            shutil.rmtree(home, ignore_errors=True)
 
         before = json.loads(sh(ns, "curl", "-sf", "http://169.254.170.2/_calls").stdout).get("credentials", 0)
         burst = (
@@ -270,6 +345,14 @@ def main() -> int:
         ipr = results["instructions_per_request"]
         print(f"CPU instructions per request (callgrind, sequential): metamock {ipr['metamock']}, "
               f"reference {ipr['reference']}, ratio {ipr['ratio']:.3f}")  # fmt: skip
+    if "rps" in results.get("aemm", {}):
+        a = results["aemm"]
+        print(f"AEMM       {aemm.VERSION:<9} {a['rps']:>10.0f} req/s  p99 {a['p99_ms']:.2f} ms  "
+              f"(its role path, {a['body_bytes']} bytes)")  # fmt: skip
+        spread_aemm = ", ".join(f"{r['ratio_aemm']:.3f}" for r in results["rounds"])
+        print(f"ratio      {a['ratio']:.3f} metamock/AEMM, median of rounds [{spread_aemm}]")
+        print(f"AEMM       ready {a['ready_ms_median']:.0f} ms median of {a['ready_ms']}; "
+              f"RSS {a['rss_mb_idle']:.1f} MB idle, {a['rss_mb_after_load']:.1f} MB after load")  # fmt: skip
     print(f"ready      {results['ready_ms_median']:.0f} ms median of {results['ready_ms']}   (target <= 300)")
     print(
         f"RSS        {results['rss_mb_idle']:.1f} MB idle, {results['rss_mb_after_load']:.1f} MB after load (target <= 45)"
