@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,41 +69,10 @@ def start_metamock(ns: NetNS, port: int, cpu: str = "0") -> subprocess.Popen[byt
     )  # fmt: skip
 
 
-def ready_ms(ns: NetNS, port: int) -> float:
-    """ms from spawning `metamock serve` to its first 200 on a token PUT (polled every 2 ms)."""
-    url = f"http://127.0.0.1:{port}/latest/api/token"
+def ready_ms(ns: NetNS, port: int, start_server: Callable[[int], subprocess.Popen[bytes]]) -> float:
+    """ms from `start_server(port)` to its first 200 on a token PUT (polled every 2 ms)."""
     start = time.monotonic()
-    proc = start_metamock(ns, port)
-    probe = (
-        "import http.client,time,sys\n"
-        "while True:\n"
-        " try:\n"
-        f"  c=http.client.HTTPConnection('127.0.0.1',{port},timeout=1);"
-        "c.request('PUT','/latest/api/token',headers={'X-aws-ec2-metadata-token-ttl-seconds':'60'});"
-        "r=c.getresponse()\n"
-        "  if r.status==200: break\n"
-        " except OSError: time.sleep(0.002)\n"
-    )
-    sh(ns, PY, "-c", probe)
-    elapsed = (time.monotonic() - start) * 1000
-    proc.kill()
-    proc.wait()
-    del url
-    return elapsed
-
-
-def start_aemm(ns: NetNS, binary: Path, port: int, home: Path) -> subprocess.Popen[bytes]:
-    """AEMM on 127.0.0.1:`port`, CPU 0; its per-request log to /dev/null (it would be the cost)."""
-    return ns.popen(
-        ["taskset", "-c", "0", str(binary), "--hostname", "127.0.0.1", "--port", str(port)],
-        env={**env(), "HOME": str(home)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-
-
-def aemm_ready_ms(ns: NetNS, binary: Path, port: int, home: Path) -> float:
-    """ms from spawning AEMM to its first answered token PUT (polled every 2 ms), as ready_ms."""
-    start = time.monotonic()
-    proc = start_aemm(ns, binary, port, home)
+    proc = start_server(port)
     probe = (
         "import http.client,time\n"
         "while True:\n"
@@ -118,6 +88,14 @@ def aemm_ready_ms(ns: NetNS, binary: Path, port: int, home: Path) -> float:
     proc.kill()
     proc.wait()
     return elapsed
+
+
+def start_aemm(ns: NetNS, binary: Path, port: int, home: Path) -> subprocess.Popen[bytes]:
+    """AEMM on 127.0.0.1:`port`, CPU 0; its per-request log to /dev/null (it would be the cost)."""
+    return ns.popen(
+        ["taskset", "-c", "0", str(binary), "--hostname", "127.0.0.1", "--port", str(port)],
+        env={**env(), "HOME": str(home)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 def wrk(ns: NetNS, url: str, token: str, seconds: int, connections: int) -> dict[str, float]:
@@ -218,7 +196,9 @@ def main() -> int:
                  cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         wait_http(ns, "http://169.254.170.2/_calls")
 
-        results["ready_ms"] = [round(ready_ms(ns, 1400 + i), 1) for i in range(3)]
+        results["ready_ms"] = [
+            round(ready_ms(ns, 1400 + i, lambda p: start_metamock(ns, p)), 1) for i in range(3)
+        ]
         results["ready_ms_median"] = statistics.median(results["ready_ms"])
 
         calls_at_start = json.loads(sh(ns, "curl", "-sf", "http://169.254.170.2/_calls").stdout).get(
@@ -243,7 +223,8 @@ def main() -> int:
             home = Path(tempfile.mkdtemp(prefix="mmbench-aemm-"))
             results["aemm"] = {"how": aemm_how, "version": aemm.VERSION}
             results["aemm"]["ready_ms"] = [
-                round(aemm_ready_ms(ns, aemm_binary, 1410 + i, home), 1) for i in range(3)
+                round(ready_ms(ns, 1410 + i, lambda p: start_aemm(ns, aemm_binary, p, home)), 1)
+                for i in range(3)
             ]
             aemm_proc = start_aemm(ns, aemm_binary, 1340, home)
             wait_http(ns, "http://127.0.0.1:1340/latest/api/token", "PUT")
