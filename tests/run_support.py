@@ -18,11 +18,12 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from metamock import proctree
 from tests.netns import REPO, NetNS, base_env
 
 NOBODY = 65534
@@ -141,17 +142,17 @@ def start_in(ns: NetNS, user: User, *args: str, **kw: object) -> subprocess.Pope
 
 
 def leftovers(marker: str) -> list[str]:
-    """Processes whose command line holds `marker`, and run directories: what a run must not leave."""
+    """Live processes (exited ones awaiting a wait() are not) whose command line holds `marker`."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    for pid, proc in proctree.snapshot().items():
+        if not proc.alive or pid == os.getpid():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if marker in cmdline and str(os.getpid()) != entry.name:
-            found.append(f"pid {entry.name}: {cmdline.strip()}")
+        if marker in cmdline:
+            found.append(f"pid {pid}: {cmdline.strip()}")
     return found
 
 
@@ -162,27 +163,15 @@ def left_in_tmp(user: User) -> list[str]:
 
 
 def wait_gone(marker: str, timeout: float = 10.0) -> list[str]:
-    """The processes holding `marker` still there after `timeout` (zombies of ours excluded)."""
+    """The processes holding `marker` still there after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
-        left = [p for p in leftovers(marker) if not _zombie(p)]
+        left = leftovers(marker)
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.05)
 
 
-def _zombie(line: str) -> bool:
-    pid = line.split()[1].rstrip(":")
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def send(proc: subprocess.Popen[str], signum: int = signal.SIGTERM) -> None:
     """Signal `metamock run` itself: the process `ip netns exec` became (it execs, keeping the pid)."""
     proc.send_signal(signum)
-
-
-def env_without(environ: Mapping[str, str], names: Sequence[str]) -> dict[str, str]:
-    return {k: v for k, v in environ.items() if k not in names}
