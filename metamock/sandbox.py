@@ -30,6 +30,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -42,7 +43,7 @@ from metamock.lifecycle import Hooks, run_service
 from metamock.netfilter.routes import loopback_up
 from metamock.service import Service
 from metamock.settings import Settings
-from metamock.supervisor import ChildSpec, Restart, Supervisor, become_subreaper, exit_code
+from metamock.supervisor import KILL_WAIT, ChildSpec, Restart, Supervisor, become_subreaper, exit_code
 
 log = logging.getLogger("metamock.run")
 
@@ -167,20 +168,24 @@ def _wait(server: int) -> int:
 
 
 def _kill_leftovers() -> None:
-    """SIGKILL what is still below us (only when the server died before cleaning up), and reap."""
-    for _ in range(100):
+    """SIGKILL what is still below us (only when the server died before cleaning up) until none of
+    it runs, or KILL_WAIT as the supervisor allows (a process in D state); reap it."""
+    deadline = time.monotonic() + KILL_WAIT
+    warned = False
+    while True:
+        _reap(-1)
         table = proctree.snapshot()
         roots = [c.pid for c in proctree.children(os.getpid())]
         live = [p for p in proctree.descendants(table, roots).values() if p.alive]
-        if not live:
-            break
-        log.warning(
-            "killing %d process(es) the command left (pids %s)", len(live), " ".join(str(p.pid) for p in live)
-        )
+        if not live or time.monotonic() >= deadline:
+            return
+        if not warned:
+            pids = " ".join(str(p.pid) for p in live)
+            log.warning("killing %d process(es) the command left (pids %s)", len(live), pids)
+            warned = True
         for proc in live:
             proctree.send(proc, signal.SIGKILL)
-        _reap(-1)
-    _reap(-1)
+        time.sleep(0.01)
 
 
 def _server(  # noqa: PLR0917 (one call site, right above)
